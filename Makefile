@@ -1,0 +1,30 @@
+# The two commands of the README. `make demo` sets up and runs the main job; `make test` runs the tests.
+# Anything that starts Ray or a server runs inside ../shared/tools/loopback-ns when this workplace
+# provides it (a private network namespace with only 127.0.0.1); elsewhere it runs as is.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+NS      := $(shell [ -x ../shared/tools/loopback-ns ] && echo ../shared/tools/loopback-ns)
+DATA    ?= $(firstword $(VOSBATCH_DATA_ROOT) $(wildcard ../shared/data/DAVIS2016))
+DEMO_SEQUENCES ?= blackswan,car-shadow,cows
+
+export RAY_USAGE_STATS_ENABLED = 0
+
+.PHONY: install demo test benchmark
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(NS) $(VENV)/bin/vosbatch submit --dataset davis2016 $(if $(DATA),--data-root $(DATA)) \
+		--sequences $(DEMO_SEQUENCES) --output runs
+
+test: install
+	$(NS) $(PY) -m pytest -q
+
+benchmark: install
+	$(NS) $(PY) jobs/benchmark_davis.py --data-root $(DATA)

@@ -1,0 +1,29 @@
+"""Run configuration: everything that changes the masks, hashed so resumed runs can skip work."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+
+@dataclass
+class RunConfig:
+    method: str = "globalopt"
+    flow: str = "dis"
+    features: str = "colour"
+    work_height: int = 240  # frames are processed at this height (aspect kept); masks return at full size
+    flow_weights: Optional[str] = None
+    flow_reliability: str = "none"  # "none" | "photometric" | "photometric+fb"
+    method_params: Dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    seed: int = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Stable hash of what determines the output (not where it goes)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,41 @@
+"""OpenCV DIS optical flow (Kroeger et al., ECCV 2016): fast, classical, needs no weights."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .base import FlowBackend, register_flow
+
+_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+class DISFlow(FlowBackend):
+    """DIS on grey frames; one OpenCV object per backend (it is not thread-safe, so don't share)."""
+
+    def __init__(self, preset: str = "medium") -> None:
+        if preset not in _PRESETS:
+            raise ValueError(f"unknown DIS preset {preset!r}; choose from {sorted(_PRESETS)}")
+        self.name = f"dis-{preset}"
+        self._dis = cv2.DISOpticalFlow_create(_PRESETS[preset])
+
+    def pair_batch(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        out = []
+        for src, dst in zip(sources, targets):
+            g0 = cv2.cvtColor(np.ascontiguousarray(src), cv2.COLOR_RGB2GRAY)
+            g1 = cv2.cvtColor(np.ascontiguousarray(dst), cv2.COLOR_RGB2GRAY)
+            out.append(self._dis.calc(g0, g1, None))
+        return np.stack(out).astype(np.float32)
+
+
+@register_flow("dis")
+def _dis_medium(**kwargs) -> DISFlow:
+    return DISFlow(kwargs.pop("preset", "medium"))
+
+
+@register_flow("dis-fast")
+def _dis_fast(**kwargs) -> DISFlow:
+    return DISFlow("fast")

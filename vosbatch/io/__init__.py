@@ -1,0 +1,1 @@
+"""Storage: masks and metrics as Parquet, PNG import/export."""

@@ -1,0 +1,1 @@
+"""Small differentiable building blocks shared by the methods (warping, motion, spectral)."""

@@ -1,0 +1,1 @@
+"""Post-processing: binarisation and refinement of soft masks."""

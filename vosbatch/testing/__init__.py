@@ -1,0 +1,1 @@
+"""Helpers to build data with known answers (synthetic videos, DAVIS-layout fixtures)."""
