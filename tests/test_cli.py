@@ -1,0 +1,100 @@
+"""The user's path end to end: submit on local Ray, then export and eval, on a synthetic DAVIS root."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from vosbatch.io.png import decode_mask
+from vosbatch.testing.synthetic import make_video, write_davis_fixture
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def vosbatch(*args, check=True):
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "vosbatch.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vosbatch {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    vids = {
+        "walker": make_video(frames=8, size=(96, 128), obj_velocity=(3.0, 1.0), bg_velocity=(-1.0, 0.5), seed=1),
+        "runner": make_video(frames=7, size=(96, 128), obj_velocity=(-2.5, 0.5), bg_velocity=(1.0, 0.0),
+                             start=(50, 90), seed=2),
+        "broken": make_video(frames=6, size=(96, 128), seed=3),
+    }
+    root = write_davis_fixture(tmp / "DAVIS", vids)
+    (root / "JPEGImages/480p/broken/00003.jpg").write_bytes(b"\x00garbage")
+    out = tmp / "runs"
+    proc = vosbatch("submit", "--data-root", root, "--output", out, "--run-id", "r1", "--no-progress",
+                    "--work-height", 96, "-p", "grid_stride=4", "-p", "opt_stride=2")
+    return {"root": root, "run": out / "r1", "stdout": proc.stdout, "stderr": proc.stderr, "vids": vids, "tmp": tmp}
+
+
+def test_submit_writes_masks_metrics_and_run_info(run):
+    r = run["run"]
+    info = json.loads((r / "run.json").read_text())
+    assert info["status"] == "done" and info["config"]["method"] == "globalopt"
+    assert info["sequences_ok"] == 2 and info["sequences_failed"] == 1
+    assert "host" in info and "code" in info and info["finished"] >= info["started"]
+    masks = pads.dataset(str(r / "masks"), partitioning="hive").to_table()
+    assert sorted(set(masks.column("sequence").to_pylist())) == ["runner", "walker"]
+    walker = masks.filter(pads.field("sequence") == "walker").sort_by("frame").to_pylist()
+    assert [m["frame"] for m in walker] == list(range(8))
+    gt = run["vids"]["walker"].masks
+    ious = []
+    for row in walker:
+        m = decode_mask(row["mask_png"])
+        assert m.shape == (96, 128) and (row["height"], row["width"]) == (96, 128)
+        ious.append((m & gt[row["frame"]]).sum() / (m | gt[row["frame"]]).sum())
+    assert np.mean(ious) > 0.7  # the moving object was really found
+
+
+def test_bad_sequence_becomes_a_failed_row_and_others_finish(run):
+    rows = {r["sequence"]: r for r in pads.dataset(str(run["run"] / "metrics"), partitioning="hive").to_table().to_pylist()}
+    assert rows["broken"]["status"] == "failed"
+    assert "00003.jpg" in rows["broken"]["error"] and "cannot decode" in rows["broken"]["error"]
+    for name in ("walker", "runner"):
+        assert rows[name]["status"] == "ok"
+        for k in ("j_mean", "j_recall", "j_decay", "f_mean", "f_recall", "f_decay"):
+            assert rows[name][k] is not None and -1.0 <= rows[name][k] <= 1.0
+        assert 0 <= rows[name]["j_mean"] <= 1 and rows[name]["j_mean"] > 0.6
+        assert rows[name]["seconds"] > 0
+    assert "J&F" in run["stdout"] and "run: " in run["stdout"] and "FAILED broken" in run["stderr"]
+
+
+def test_export_then_eval_reproduces_the_run_metrics(run):
+    png = run["tmp"] / "png"
+    vosbatch("export", run["run"], "--png", png)
+    assert sorted(p.name for p in png.iterdir()) == ["runner", "walker"]
+    assert len(list((png / "walker").glob("*.png"))) == 8
+    out = run["tmp"] / "scores.csv"
+    proc = vosbatch("eval", "--pred", png, "--gt", run["root"], "--out", out)
+    import pyarrow.csv as pacsv
+
+    scores = {r["sequence"]: r for r in pacsv.read_csv(out).to_pylist()}
+    metrics = {r["sequence"]: r for r in pads.dataset(str(run["run"] / "metrics"), partitioning="hive").to_table().to_pylist()}
+    for name in ("walker", "runner"):
+        assert abs(scores[name]["j_mean"] - metrics[name]["j_mean"]) < 1e-9
+        assert abs(scores[name]["f_mean"] - metrics[name]["f_mean"]) < 1e-9
+    assert "J&F" in proc.stdout
+
+
+def test_unknown_sequence_and_unwritable_output(run, tmp_path):
+    proc = vosbatch("submit", "--data-root", run["root"], "--sequences", "walker,ghost", "--output", tmp_path,
+                    "--run-id", "r2", "--no-progress", "--work-height", 96, "-p", "grid_stride=4")
+    assert "FAILED ghost" in proc.stderr and "unknown sequence 'ghost'" in proc.stderr
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    bad = vosbatch("submit", "--data-root", run["root"], "--output", blocker / "x", "--no-progress", check=False)
+    assert bad.returncode != 0 and "not writable" in bad.stderr and str(blocker) in bad.stderr

@@ -1,0 +1,192 @@
+"""Command line: ``vosbatch submit | eval | export``. Thin: parses, then calls the library."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import click
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _parse_params(items) -> dict:
+    """``-p lam=1 -p optimise=false`` -> {"lam": 1, "optimise": False} (JSON values, else strings)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--param")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _split_csv(value: Optional[str]) -> Optional[List[str]]:
+    return [s.strip() for s in value.split(",") if s.strip()] if value else None
+
+
+def default_data_root(dataset: str) -> Path:
+    cache = Path(os.environ.get("VOSBATCH_CACHE", Path.home() / ".cache" / "vosbatch"))
+    return cache / "datasets" / dataset
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vosbatch")
+def main() -> None:
+    """Unsupervised video object segmentation as a distributed batch job."""
+
+
+@main.command()
+@click.option("--dataset", default="davis2016", show_default=True, type=click.Choice(["davis2016"]), help="Dataset layout to read.")
+@click.option("--data-root", type=click.Path(path_type=Path), envvar="VOSBATCH_DATA_ROOT",
+              help="Dataset root (else $VOSBATCH_DATA_ROOT, else the cache, downloading the data when absent).")
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "all"]))
+@click.option("--sequences", help="Comma-separated sequence names (overrides --split).")
+@click.option("--method", default="globalopt", show_default=True)
+@click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fast, raft-small, raft.")
+@click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
+@click.option("--flow-reliability", default="none", show_default=True,
+              type=click.Choice(["none", "photometric", "photometric+fb"]), help="Exclude unreliable flow.")
+@click.option("--features", default="colour", show_default=True, help="Appearance feature backend.")
+@click.option("--work-height", default=240, show_default=True, help="Processing height in pixels (masks return at full size).")
+@click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
+@click.option("--workers", default=1, show_default=True, help="CPU actors (ignored when --gpus is set).")
+@click.option("--gpus", default=0, show_default=True, help="GPU actors, one GPU each.")
+@click.option("--address", help="Existing Ray cluster (auto or ray://HOST:PORT); default: start a local one.")
+@click.option("--output", default="runs", show_default=True, help="Output folder (local path or s3://bucket/prefix).")
+@click.option("--run-id", help="Name of the run folder (default: timestamp + config hash).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--fail-on-error", is_flag=True, help="Exit with status 1 when any sequence failed.")
+def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flow_reliability, features, work_height,
+           params, workers, gpus, address, output, run_id, progress, fail_on_error) -> None:
+    """Segment a dataset's sequences on Ray actors and write masks + metrics under OUTPUT/RUN_ID/."""
+    from tqdm import tqdm
+
+    from .config import RunConfig
+    from .data import davis_sequences
+    from .data.download import ensure_dataset
+    from .errors import VosbatchError
+    from .io.store import RunStore
+    from .metrics import format_table, summarise
+    from .runinfo import code_version, host_facts
+    from .runner.driver import run_sequences
+
+    cfg = RunConfig(method=method, flow=flow, features=features, work_height=work_height, flow_weights=flow_weights,
+                    flow_reliability=flow_reliability, method_params=_parse_params(params))
+    try:
+        from .methods import get_method
+
+        get_method(method)[1](**cfg.method_params)  # validate parameters before starting anything
+    except (TypeError, ValueError) as e:
+        raise click.UsageError(f"--method {method} / --param: {e}")
+    try:
+        root = Path(data_root) if data_root else ensure_dataset(dataset, default_data_root(dataset), progress=progress)
+        seqs = davis_sequences(root, split=split, sequences=_split_csv(sequences), dataset=dataset)
+    except VosbatchError as e:
+        raise click.ClickException(str(e))
+    except Exception as e:  # download errors etc.
+        raise click.ClickException(f"{dataset}: {e}")
+    run_id = run_id or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{cfg.digest()[:6]}"
+    run_uri = f"{output.rstrip('/')}/{run_id}" if "://" in output else str(Path(output).resolve() / run_id)
+    store = RunStore(run_uri)
+    try:
+        store.check_writable()
+    except VosbatchError as e:
+        raise click.ClickException(f"output not writable: {e}")
+    info = {
+        "run_id": run_id, "config": cfg.to_dict(), "config_hash": cfg.digest(), "dataset": dataset,
+        "data_root": str(root), "split": split, "sequences": [s.name for s in seqs], "workers": workers,
+        "gpus": gpus, "address": address, "code": code_version(), "host": host_facts(),
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(), "status": "running",
+    }
+    store.write_run_info(info)
+    total_frames = sum(s.num_frames for s in seqs)
+    click.echo(f"vosbatch: {len(seqs)} sequences ({total_frames} frames) of {dataset} from {root}; "
+               f"method={method} flow={flow} features={features}; run {run_uri}", err=True)
+    t0 = time.time()
+    bar = tqdm(total=total_frames, unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    counts = {"ok": 0, "failed": 0}
+
+    def on_result(row):
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        bar.update(row.get("frames") or 0)
+        bar.set_postfix(done=counts["ok"], failed=counts["failed"])
+        if row["status"] != "ok":
+            bar.write(f"FAILED {row['sequence']}: {str(row['error']).splitlines()[0]}", file=sys.stderr)
+
+    rows = run_sequences(seqs, cfg, run_uri, workers=workers, gpus=gpus, address=address, on_result=on_result)
+    bar.close()
+    elapsed = time.time() - t0
+    info.update(status="done", finished=dt.datetime.now(dt.timezone.utc).isoformat(), seconds=elapsed,
+                sequences_ok=counts["ok"], sequences_failed=counts["failed"])
+    store.write_run_info(info)
+    ok_rows = sorted((r for r in rows if r["status"] == "ok" and r.get("j_mean") is not None), key=lambda r: r["sequence"])
+    if ok_rows:
+        click.echo(format_table(ok_rows))
+        s = summarise(ok_rows)
+        extra = ""
+        if all(r.get("init_j_mean") is not None for r in ok_rows):
+            init_j = sum(r["init_j_mean"] for r in ok_rows) / len(ok_rows)
+            extra = f"  (initialisation J {init_j:.3f}, optimisation {s['j_mean'] - init_j:+.3f})"
+        click.echo(f"J&F {s['jf_mean']:.3f}  J {s['j_mean']:.3f}  F {s['f_mean']:.3f}{extra}")
+    frames_done = sum(r.get("frames") or 0 for r in rows if r["status"] == "ok")
+    click.echo(f"{counts['ok']} ok, {counts['failed']} failed, {frames_done} frames in {elapsed:.1f} s "
+               f"({elapsed / max(frames_done, 1):.3f} s/frame)")
+    click.echo(f"run: {run_uri}")
+    if fail_on_error and counts["failed"]:
+        sys.exit(1)
+
+
+@main.command("eval")
+@click.option("--pred", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Predictions: PRED/<sequence>/<frame>.png (DAVIS layout).")
+@click.option("--gt", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Ground truth: a DAVIS root (Annotations/480p/<sequence>/) or GT/<sequence>/.")
+@click.option("--sequences", help="Comma-separated sequence names (default: every folder in --pred).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write per-sequence rows (.csv or .parquet).")
+def eval_cmd(pred, gt, sequences, out) -> None:
+    """Score DAVIS-layout PNG predictions with the DAVIS 2016 protocol (J and F)."""
+    from .evaluation import evaluate_folders, write_rows
+    from .errors import VosbatchError
+    from .metrics import format_table, summarise
+
+    try:
+        rows = evaluate_folders(pred, gt, _split_csv(sequences))
+    except VosbatchError as e:
+        raise click.ClickException(str(e))
+    ok = [r for r in rows if r["status"] == "ok"]
+    for r in rows:
+        if r["status"] != "ok":
+            click.echo(f"FAILED {r['sequence']}: {r['error']}", err=True)
+    if ok:
+        click.echo(format_table(ok))
+        s = summarise(ok)
+        click.echo(f"J&F {s['jf_mean']:.3f}  J {s['j_mean']:.3f}  F {s['f_mean']:.3f}")
+    if out:
+        write_rows(rows, out)
+        click.echo(f"wrote {out}")
+    if not ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("run")
+@click.option("--png", "png_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Destination: PNG/<sequence>/<frame>.png (0/255).")
+def export(run, png_dir) -> None:
+    """Write the masks of a run as DAVIS-layout 0/255 PNGs."""
+    from .evaluation import export_pngs
+
+    n = export_pngs(run, png_dir)
+    click.echo(f"wrote {n} masks under {png_dir}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

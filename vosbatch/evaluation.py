@@ -1,0 +1,86 @@
+"""Scoring PNG folders and exporting runs: the glue behind ``vosbatch eval`` and ``export``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .errors import InputError, VosbatchError
+from .io.png import decode_mask, read_png_folder, write_davis_png
+from .io.store import METRIC_FIELDS, RunStore
+from .metrics import METRIC_COLUMNS, evaluate_sequence
+
+
+def gt_folder(gt_root: Path, sequence: str) -> Path:
+    """GT of a sequence in a DAVIS root (Annotations/480p/<seq>) or a plain GT/<seq> folder."""
+    davis = Path(gt_root) / "Annotations" / "480p" / sequence
+    return davis if davis.is_dir() else Path(gt_root) / sequence
+
+
+def evaluate_folder(pred_dir: Path, gt_dir: Path, sequence: str) -> Dict:
+    """Score one sequence: every GT frame must have a prediction of the same size."""
+    preds = read_png_folder(pred_dir)
+    gts = read_png_folder(gt_dir)
+    if not gts:
+        raise InputError(f"{gt_dir}: no ground-truth PNGs")
+    missing = [n for n in gts if n not in preds]
+    if missing:
+        raise InputError(f"{pred_dir / (missing[0] + '.png')}: missing prediction ({len(missing)} of {len(gts)} frames missing)")
+    names = sorted(gts)
+    for n in names:
+        if preds[n].shape != gts[n].shape:
+            raise InputError(f"{pred_dir / (n + '.png')}: size {preds[n].shape[::-1]} differs from GT {gts[n].shape[::-1]}")
+    scores = evaluate_sequence([preds[n] for n in names], [gts[n] for n in names])
+    row = {"sequence": sequence, "frames": len(names), "status": "ok", "error": None}
+    row.update({k: float(getattr(scores, k)) for k in METRIC_COLUMNS})
+    return row
+
+
+def evaluate_folders(pred_root: Path, gt_root: Path, sequences: Optional[List[str]] = None) -> List[Dict]:
+    pred_root = Path(pred_root)
+    names = sequences or sorted(p.name for p in pred_root.iterdir() if p.is_dir())
+    if not names:
+        raise InputError(f"{pred_root}: no sequence folders with PNG masks")
+    rows = []
+    for name in names:
+        try:
+            rows.append(evaluate_folder(pred_root / name, gt_folder(gt_root, name), name))
+        except VosbatchError as e:
+            rows.append({"sequence": name, "status": "failed", "error": str(e)})
+    return rows
+
+
+def write_rows(rows: List[Dict], out: Path) -> None:
+    """Per-sequence rows with the same metric columns (and types) as a run's ``metrics/``."""
+    types = dict(METRIC_FIELDS)
+    cols = ["sequence", "frames", *METRIC_COLUMNS, "status", "error"]
+    schema = pa.schema([("sequence", pa.string())] + [(c, types[c]) for c in cols[1:]])
+    table = pa.table({c: [r.get(c) for r in rows] for c in cols}, schema=schema)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if out.suffix == ".parquet":
+        pq.write_table(table, tmp)
+    elif out.suffix == ".csv":
+        pacsv.write_csv(table, tmp)
+    else:
+        raise InputError(f"{out}: --out must end in .csv or .parquet")
+    tmp.replace(out)
+
+
+def export_pngs(run_uri: str, png_dir: Path) -> int:
+    """Write a run's masks as PNG/<sequence>/<frame_name>.png (PNG/<dataset>/<sequence>/ if several datasets)."""
+    store = RunStore(str(run_uri))
+    table = store.read_masks()
+    if table.num_rows == 0:
+        raise InputError(f"{run_uri}: no masks in this run")
+    datasets = set(table.column("dataset").to_pylist())
+    n = 0
+    for row in table.select(["dataset", "sequence", "frame_name", "mask_png"]).to_pylist():
+        base = Path(png_dir) / (str(row["dataset"]) if len(datasets) > 1 else "") / str(row["sequence"])
+        write_davis_png(decode_mask(row["mask_png"]), base / f"{row['frame_name']}.png")
+        n += 1
+    return n

@@ -1,0 +1,93 @@
+"""The predictor: one object holding the flow and feature models, turning frames into masks.
+
+This is what a Ray actor keeps alive between sequences (models are loaded once per actor) and what
+the single-video command uses directly; it knows nothing about clusters, storage or the CLI.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import cv2
+import numpy as np
+
+from .config import RunConfig
+from .features import create_features
+from .flow import create_flow
+from .methods import MethodInput, get_method
+from .postprocess.binarize import binarize
+
+
+@dataclass
+class SegmentationResult:
+    masks: np.ndarray  # (T,H,W) bool at the input resolution
+    soft: np.ndarray  # (T,h,w) float32 on the method's grid
+    stage_masks: Dict[str, np.ndarray] = field(default_factory=dict)  # e.g. "init": (T,H,W) bool
+    seconds: Dict[str, float] = field(default_factory=dict)  # per stage
+    info: Dict[str, float] = field(default_factory=dict)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def working_size(height: int, width: int, work_height: int) -> tuple[int, int]:
+    """(h, w) with h = work_height (never upsampling) and the aspect ratio kept."""
+    if height <= work_height:
+        return height, width
+    return work_height, max(2, int(round(width * work_height / height)))
+
+
+class VideoSegmenter:
+    """Holds the models for one configuration; ``segment(frames)`` runs the whole per-video pipeline."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        fn, cfg_cls = get_method(cfg.method)
+        self.method_fn = fn
+        self.method_cfg = cfg_cls(**cfg.method_params)
+        flow_kwargs = {"weights": cfg.flow_weights} if cfg.flow_weights else {}
+        if cfg.flow.startswith("raft"):
+            flow_kwargs["device"] = cfg.device
+        self.flow = create_flow(cfg.flow, **flow_kwargs)
+        self.features = create_features(cfg.features)
+
+    def segment(self, frames: np.ndarray, keep_stages: bool = True) -> SegmentationResult:
+        timer = Timer()
+        t_len, H, W = frames.shape[:3]
+        h, w = working_size(H, W, self.cfg.work_height)
+        with timer("resize"):
+            small = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]) if (h, w) != (H, W) else frames
+        with timer("flow"):
+            flow = self.flow(small)
+        rel_f = rel_b = None
+        if self.cfg.flow_reliability != "none":
+            from .flow.reliability import reliable_masks  # local: optional stage
+
+            with timer("flow_reliability"):
+                rel_f, rel_b = reliable_masks(small, flow, mode=self.cfg.flow_reliability)
+        with timer("features"):
+            grid = self._feature_grid((h, w))
+            feats = self.features(small, grid) if grid else None
+        with timer("method"):
+            out = self.method_fn(MethodInput(small, flow, feats, rel_f, rel_b), self.method_cfg)
+        with timer("binarize"):
+            masks = binarize(out.soft, H, W, seed=self.cfg.seed)
+            stages = {k: binarize(v, H, W, seed=self.cfg.seed) for k, v in out.stages.items()} if keep_stages else {}
+        seconds = dict(timer.seconds)
+        for k in [k for k in out.info if k.startswith("seconds_")]:
+            seconds[k[len("seconds_"):]] = out.info.pop(k)
+        return SegmentationResult(masks, out.soft, stages, seconds, dict(out.info))
+
+    def _feature_grid(self, work_hw) -> Optional[tuple[int, int]]:
+        grid_fn = getattr(__import__(self.method_fn.__module__, fromlist=["feature_grid"]), "feature_grid", None)
+        return grid_fn(work_hw, self.method_cfg) if grid_fn else None

@@ -1,0 +1,1 @@
+"""Execution: the predictor, Ray workers and the driver."""
