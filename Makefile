@@ -8,6 +8,7 @@ DATA    ?= $(firstword $(VOSBATCH_DATA_ROOT) $(wildcard ../shared/data/DAVIS2016
 DEMO_SEQUENCES ?= blackswan,car-shadow,cows
 
 export RAY_USAGE_STATS_ENABLED = 0
+export OMP_WAIT_POLICY = PASSIVE
 
 .PHONY: install demo test benchmark
 

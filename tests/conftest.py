@@ -1,10 +1,11 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
-
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep, not spin
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def vosbatch(*args, check=True):
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONWARNINGS="ignore", OMP_WAIT_POLICY="PASSIVE")
     proc = subprocess.run([sys.executable, "-m", "vosbatch.cli", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=300)
     if check and proc.returncode != 0:

@@ -12,6 +12,9 @@ from typing import List, Optional
 import click
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Idle OpenMP threads must sleep, not spin: with several torch processes (Ray actors) on few cores,
+# spinning threads starve the busy ones (measured here: 10-20x slower). Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _parse_params(items) -> dict:
@@ -52,6 +55,8 @@ def main() -> None:
 @click.option("--method", default="globalopt", show_default=True)
 @click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fast, raft-small, raft.")
 @click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
+@click.option("--flow-iters", default=12, show_default=True, help="Refinement iterations of RAFT.")
+@click.option("--flow-cache", type=click.Path(file_okay=False), help="Cache flows per sequence here (opt-in).")
 @click.option("--flow-reliability", default="none", show_default=True,
               type=click.Choice(["none", "photometric", "photometric+fb"]), help="Exclude unreliable flow.")
 @click.option("--features", default="colour", show_default=True, help="Appearance feature backend.")
@@ -64,7 +69,7 @@ def main() -> None:
 @click.option("--run-id", help="Name of the run folder (default: timestamp + config hash).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--fail-on-error", is_flag=True, help="Exit with status 1 when any sequence failed.")
-def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flow_reliability, features, work_height,
+def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flow_iters, flow_cache, flow_reliability, features, work_height,
            params, workers, gpus, address, output, run_id, progress, fail_on_error) -> None:
     """Segment a dataset's sequences on Ray actors and write masks + metrics under OUTPUT/RUN_ID/."""
     from tqdm import tqdm
@@ -79,6 +84,7 @@ def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flo
     from .runner.driver import run_sequences
 
     cfg = RunConfig(method=method, flow=flow, features=features, work_height=work_height, flow_weights=flow_weights,
+                    flow_iters=flow_iters,
                     flow_reliability=flow_reliability, method_params=_parse_params(params))
     try:
         from .methods import get_method
@@ -121,7 +127,8 @@ def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flo
         if row["status"] != "ok":
             bar.write(f"FAILED {row['sequence']}: {str(row['error']).splitlines()[0]}", file=sys.stderr)
 
-    rows = run_sequences(seqs, cfg, run_uri, workers=workers, gpus=gpus, address=address, on_result=on_result)
+    rows = run_sequences(seqs, cfg, run_uri, workers=workers, gpus=gpus, address=address, on_result=on_result,
+                         flow_cache=flow_cache)
     bar.close()
     elapsed = time.time() - t0
     info.update(status="done", finished=dt.datetime.now(dt.timezone.utc).isoformat(), seconds=elapsed,

@@ -15,6 +15,7 @@ class RunConfig:
     features: str = "colour"
     work_height: int = 240  # frames are processed at this height (aspect kept); masks return at full size
     flow_weights: Optional[str] = None
+    flow_iters: int = 12  # refinement iterations of learned (RAFT) flow
     flow_reliability: str = "none"  # "none" | "photometric" | "photometric+fb"
     method_params: Dict[str, Any] = field(default_factory=dict)
     device: str = "auto"

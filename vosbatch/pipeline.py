@@ -16,6 +16,8 @@ import numpy as np
 from .config import RunConfig
 from .features import create_features
 from .flow import create_flow
+from .flow.cache import cached_flow
+from .flow.reliability import flow_reliability
 from .methods import MethodInput, get_method
 from .postprocess.binarize import binarize
 
@@ -50,14 +52,16 @@ def working_size(height: int, width: int, work_height: int) -> tuple[int, int]:
 class VideoSegmenter:
     """Holds the models for one configuration; ``segment(frames)`` runs the whole per-video pipeline."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, flow_cache: Optional[str] = None) -> None:
         self.cfg = cfg
+        self.flow_cache = flow_cache  # opt-in per-sequence flow cache (reruns, ablations)
         fn, cfg_cls = get_method(cfg.method)
         self.method_fn = fn
         self.method_cfg = cfg_cls(**cfg.method_params)
         flow_kwargs = {"weights": cfg.flow_weights} if cfg.flow_weights else {}
         if cfg.flow.startswith("raft"):
             flow_kwargs["device"] = cfg.device
+            flow_kwargs["iters"] = cfg.flow_iters
         self.flow = create_flow(cfg.flow, **flow_kwargs)
         self.features = create_features(cfg.features)
 
@@ -68,13 +72,12 @@ class VideoSegmenter:
         with timer("resize"):
             small = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]) if (h, w) != (H, W) else frames
         with timer("flow"):
-            flow = self.flow(small)
+            flow = cached_flow(self.flow, small, self.flow_cache)
         rel_f = rel_b = None
-        if self.cfg.flow_reliability != "none":
-            from .flow.reliability import reliable_masks  # local: optional stage
-
+        if self.cfg.flow_reliability != "none":  # unreliable flow is excluded, never replaced by zero
             with timer("flow_reliability"):
-                rel_f, rel_b = reliable_masks(small, flow, mode=self.cfg.flow_reliability)
+                rel = flow_reliability(small, flow, fb_consistency=self.cfg.flow_reliability == "photometric+fb")
+                rel_f, rel_b = rel.forward, rel.backward
         with timer("features"):
             grid = self._feature_grid((h, w))
             feats = self.features(small, grid) if grid else None

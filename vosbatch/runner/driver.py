@@ -28,7 +28,7 @@ def _import_ray():
 class _Actor:
     """Holds the models for the lifetime of the actor; one sequence per call."""
 
-    def __init__(self, cfg: dict, run_uri: Optional[str], threads: int) -> None:
+    def __init__(self, cfg: dict, run_uri: Optional[str], threads: int, flow_cache: Optional[str] = None) -> None:
         import torch
 
         from ..io.store import RunStore
@@ -36,7 +36,7 @@ class _Actor:
 
         torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS; torch needs telling too
         os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
-        self.segmenter = VideoSegmenter(RunConfig(**cfg))
+        self.segmenter = VideoSegmenter(RunConfig(**cfg), flow_cache=flow_cache)
         self.store = RunStore(run_uri) if run_uri else None
 
     def process(self, seq: Sequence) -> Dict:
@@ -66,6 +66,7 @@ def run_sequences(
     gpus: int = 0,
     address: Optional[str] = None,
     on_result: Optional[Callable[[Dict], None]] = None,
+    flow_cache: Optional[str] = None,
 ) -> List[Dict]:
     """Process all sequences on ``workers`` CPU actors (or ``gpus`` GPU actors); returns rows."""
     ray = start_ray(address, num_gpus=gpus or None)
@@ -73,7 +74,7 @@ def run_sequences(
     n_actors = max(1, gpus or workers)
     threads = max(1, total_cpus // n_actors)
     actor_cls = ray.remote(_Actor).options(num_cpus=threads if not gpus else 1, num_gpus=1 if gpus else 0, max_restarts=1)
-    actors = [actor_cls.remote(cfg.to_dict(), run_uri, threads) for _ in range(min(n_actors, max(1, len(sequences))))]
+    actors = [actor_cls.remote(cfg.to_dict(), run_uri, threads, flow_cache) for _ in range(min(n_actors, max(1, len(sequences))))]
     queue = sorted(sequences, key=lambda s: -s.num_frames)  # longest first: no long tail at the end
     in_flight: Dict = {}
     rows: List[Dict] = []
