@@ -83,9 +83,10 @@ class VideoSegmenter:
             feats = self.features(small, grid) if grid else None
         with timer("method"):
             out = self.method_fn(MethodInput(small, flow, feats, rel_f, rel_b), self.method_cfg)
+        guide = frames if self.cfg.refine == "guided" else None
         with timer("binarize"):
-            masks = binarize(out.soft, H, W, seed=self.cfg.seed)
-            stages = {k: binarize(v, H, W, seed=self.cfg.seed) for k, v in out.stages.items()} if keep_stages else {}
+            masks = binarize(out.soft, H, W, seed=self.cfg.seed, guide=guide)
+            stages = {k: binarize(v, H, W, seed=self.cfg.seed, guide=guide) for k, v in out.stages.items()} if keep_stages else {}
         seconds = dict(timer.seconds)
         for k in [k for k in out.info if k.startswith("seconds_")]:
             seconds[k[len("seconds_"):]] = out.info.pop(k)

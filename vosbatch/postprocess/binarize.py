@@ -1,10 +1,14 @@
 """Soft masks at a coarse grid -> binary masks at the original resolution."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
+
+from .refine import guided_refine
 
 
 def upsample(soft: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -29,7 +33,13 @@ def kmeans_threshold(soft: np.ndarray, samples: int = 200_000, seed: int = 0, mi
     return 0.5 * (lo + hi) if hi - lo >= min_gap else 0.5
 
 
-def binarize(soft: np.ndarray, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """K-means binarisation at full resolution: (T,h,w) soft -> (T,height,width) bool."""
+def binarize(soft: np.ndarray, height: int, width: int, seed: int = 0, guide: Optional[np.ndarray] = None) -> np.ndarray:
+    """K-means binarisation at full resolution: (T,h,w) soft -> (T,height,width) bool.
+
+    With ``guide`` frames (T,height,width,3) the upsampled soft masks are first refined with the
+    edge-aware guided filter (:mod:`vosbatch.postprocess.refine`), so edges follow the image.
+    """
     full = upsample(soft, height, width)
+    if guide is not None:
+        full = guided_refine(guide, full)
     return full > kmeans_threshold(full, seed=seed)
