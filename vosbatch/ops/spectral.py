@@ -94,6 +94,16 @@ def second_eigenvector(
     return PICResult(v, iters, done)
 
 
+def _gap_thresholds(v: torch.Tensor, candidates: int) -> torch.Tensor:
+    """Candidate split points (B, K): midpoints between consecutive sorted values of each row, at
+    evenly spaced ranks, so every candidate separates nodes cleanly instead of sitting on one."""
+    n = v.shape[-1]
+    k = min(candidates, n - 1)
+    ranks = torch.linspace(1, n - 1, k).round().long().unique()
+    srt = v.sort(dim=-1).values
+    return 0.5 * (srt[:, ranks - 1] + srt[:, ranks])
+
+
 def ncut_sweep_threshold(v: torch.Tensor, a: torch.Tensor, candidates: int = 48) -> torch.Tensor:
     """Split point of each eigenvector minimising the normalised cut (Shi & Malik 2000, Sec. 3.1).
 
@@ -101,8 +111,7 @@ def ncut_sweep_threshold(v: torch.Tensor, a: torch.Tensor, candidates: int = 48)
     thresholds (quantiles of v) and scoring Ncut(S, S̄) = cut/vol(S) + cut/vol(S̄) on the affinity.
     A fixed split (zero, median, 2-means midpoint) routinely cuts through the background instead.
     """
-    q = torch.linspace(0.02, 0.98, candidates, dtype=v.dtype)
-    taus = torch.quantile(v, q, dim=-1).T  # (B, K)
+    taus = _gap_thresholds(v, candidates)  # (B, K)
     x = (v[:, :, None] > taus[:, None, :]).to(a.dtype)  # (B, N, K) indicator of S for each threshold
     deg = a.sum(-1)  # (B, N)
     ax = torch.bmm(a, x)  # (B, N, K)
@@ -113,15 +122,14 @@ def ncut_sweep_threshold(v: torch.Tensor, a: torch.Tensor, candidates: int = 48)
     return taus.gather(1, ncut.argmin(-1, keepdim=True))[:, 0]
 
 
-def motion_split_threshold(v: torch.Tensor, saliency: torch.Tensor, candidates: int = 48) -> torch.Tensor:
+def motion_split_threshold(v: torch.Tensor, saliency: torch.Tensor, candidates: int = 128) -> torch.Tensor:
     """Split point along each eigenvector that best separates moving from static nodes.
 
     Sweeps thresholds (quantiles of v) and keeps the one maximising Otsu's between-class variance
     of the motion saliency, w₀w₁(μ₀-μ₁)²: the eigenvector decides which nodes belong together, the
     motion decides where the object ends.
     """
-    q = torch.linspace(0.02, 0.98, candidates, dtype=v.dtype)
-    taus = torch.quantile(v, q, dim=-1).T  # (B, K)
+    taus = _gap_thresholds(v, candidates)  # (B, K)
     x = (v[:, :, None] > taus[:, None, :]).to(v.dtype)  # (B, N, K)
     sal = saliency.to(v.dtype)[:, :, None]
     w1 = x.mean(1)
