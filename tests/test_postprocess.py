@@ -25,3 +25,17 @@ def test_guided_refinement_snaps_blurry_masks_to_image_edges():
     assert np.mean([jaccard(m, g) for m, g in zip(refined, vid.masks)]) > 0.8
     out = guided_refine(vid.frames, coarse.repeat(8, 1).repeat(8, 2))
     assert out.shape == (3, 120, 160) and out.min() >= 0 and out.max() <= 1
+
+
+def test_colour_model_recovers_object_parts_that_motion_missed():
+    from vosbatch.postprocess.appearance import colour_model_refine
+
+    vid = make_video(frames=4, size=(80, 100), obj_size=(20, 26), bg_velocity=(0.0, 0.0), seed=5)
+    soft = np.where(vid.masks, 0.9, 0.1).astype(np.float32)
+    soft[:, :, :40] = np.where(vid.masks[:, :, :40], 0.4, 0.1)  # the object's left part barely moved
+    plain = np.mean([jaccard(s > 0.5, g) for s, g in zip(soft, vid.masks)])
+    refined = colour_model_refine(vid.frames, soft)
+    better = np.mean([jaccard(s > 0.5, g) for s, g in zip(refined, vid.masks)])
+    assert better > plain + 0.05, (plain, better)
+    assert refined.shape == soft.shape and refined.dtype == np.float32
+    assert np.array_equal(colour_model_refine(vid.frames, soft, weight=0.0), soft)

@@ -60,6 +60,8 @@ def main() -> None:
 @click.option("--flow-reliability", default="none", show_default=True,
               type=click.Choice(["none", "photometric", "photometric+fb"]), help="Exclude unreliable flow.")
 @click.option("--features", default="colour", show_default=True, help="Appearance feature backend.")
+@click.option("--appearance-weight", default=2.0, show_default=True,
+              help="Weight of the per-video colour model when binarising (0 disables it).")
 @click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "none"]),
               help="Edge-aware refinement of the soft masks before binarising.")
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels (masks return at full size).")
@@ -71,7 +73,7 @@ def main() -> None:
 @click.option("--run-id", help="Name of the run folder (default: timestamp + config hash).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--fail-on-error", is_flag=True, help="Exit with status 1 when any sequence failed.")
-def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flow_iters, flow_cache, flow_reliability, features, refine, work_height,
+def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flow_iters, flow_cache, flow_reliability, features, appearance_weight, refine, work_height,
            params, workers, gpus, address, output, run_id, progress, fail_on_error) -> None:
     """Segment a dataset's sequences on Ray actors and write masks + metrics under OUTPUT/RUN_ID/."""
     from tqdm import tqdm
@@ -86,7 +88,7 @@ def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flo
     from .runner.driver import run_sequences
 
     cfg = RunConfig(method=method, flow=flow, features=features, work_height=work_height, flow_weights=flow_weights,
-                    flow_iters=flow_iters, refine=refine,
+                    flow_iters=flow_iters, refine=refine, appearance_weight=appearance_weight,
                     flow_reliability=flow_reliability, method_params=_parse_params(params))
     try:
         from .methods import get_method

@@ -18,6 +18,7 @@ class RunConfig:
     flow_iters: int = 12  # refinement iterations of learned (RAFT) flow
     flow_reliability: str = "none"  # "none" | "photometric" | "photometric+fb"
     method_params: Dict[str, Any] = field(default_factory=dict)
+    appearance_weight: float = 2.0  # weight of the per-video colour model's log-odds (0: off)
     refine: str = "guided"  # "guided" (edge-aware filter before binarising) | "none"
     device: str = "auto"
     seed: int = 0

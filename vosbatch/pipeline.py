@@ -19,7 +19,9 @@ from .flow import create_flow
 from .flow.cache import cached_flow
 from .flow.reliability import flow_reliability
 from .methods import MethodInput, get_method
-from .postprocess.binarize import binarize
+from .postprocess.appearance import colour_model_refine
+from .postprocess.binarize import kmeans_threshold, upsample
+from .postprocess.refine import guided_refine
 
 
 @dataclass
@@ -83,14 +85,27 @@ class VideoSegmenter:
             feats = self.features(small, grid) if grid else None
         with timer("method"):
             out = self.method_fn(MethodInput(small, flow, feats, rel_f, rel_b), self.method_cfg)
-        guide = frames if self.cfg.refine == "guided" else None
         with timer("binarize"):
-            masks = binarize(out.soft, H, W, seed=self.cfg.seed, guide=guide)
-            stages = {k: binarize(v, H, W, seed=self.cfg.seed, guide=guide) for k, v in out.stages.items()} if keep_stages else {}
+            masks = self.binarize(frames, out.soft)
+            stages = {k: self.binarize(frames, v) for k, v in out.stages.items()} if keep_stages else {}
         seconds = dict(timer.seconds)
         for k in [k for k in out.info if k.startswith("seconds_")]:
             seconds[k[len("seconds_"):]] = out.info.pop(k)
         return SegmentationResult(masks, out.soft, stages, seconds, dict(out.info))
+
+    def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
+        """Soft masks on the method's grid -> binary masks at the frames' resolution.
+
+        Upsample, fold in the video's colour model, snap edges to the image (guided filter), then
+        one K-means (K=2) threshold for the whole video.
+        """
+        H, W = frames.shape[1:3]
+        full = upsample(soft, H, W)
+        if self.cfg.appearance_weight > 0:
+            full = colour_model_refine(frames, full, weight=self.cfg.appearance_weight)
+        if self.cfg.refine == "guided":
+            full = guided_refine(frames, full)
+        return full > kmeans_threshold(full, seed=self.cfg.seed)
 
     def _feature_grid(self, work_hw) -> Optional[tuple[int, int]]:
         grid_fn = getattr(__import__(self.method_fn.__module__, fromlist=["feature_grid"]), "feature_grid", None)
