@@ -85,13 +85,15 @@ class VideoSegmenter:
             feats = self.features(small, grid) if grid else None
         with timer("method"):
             out = self.method_fn(MethodInput(small, flow, feats, rel_f, rel_b), self.method_cfg)
+        # the method's own stages (e.g. init / optimise) replace its lump sum when it reports them
+        method_stages = {k[len("seconds_"):]: out.info.pop(k) for k in [k for k in out.info if k.startswith("seconds_")]}
+        if method_stages:
+            timer.seconds.pop("method")
+            timer.seconds.update(method_stages)
         with timer("binarize"):
             masks = self.binarize(frames, out.soft)
             stages = {k: self.binarize(frames, v) for k, v in out.stages.items()} if keep_stages else {}
-        seconds = dict(timer.seconds)
-        for k in [k for k in out.info if k.startswith("seconds_")]:
-            seconds[k[len("seconds_"):]] = out.info.pop(k)
-        return SegmentationResult(masks, out.soft, stages, seconds, dict(out.info))
+        return SegmentationResult(masks, out.soft, stages, dict(timer.seconds), dict(out.info))
 
     def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
         """Soft masks on the method's grid -> binary masks at the frames' resolution.
@@ -108,5 +110,6 @@ class VideoSegmenter:
         return full > kmeans_threshold(full, seed=self.cfg.seed)
 
     def _feature_grid(self, work_hw) -> Optional[tuple[int, int]]:
-        grid_fn = getattr(__import__(self.method_fn.__module__, fromlist=["feature_grid"]), "feature_grid", None)
+        """Methods that consume appearance features say on which grid (``fn.feature_grid``)."""
+        grid_fn = getattr(self.method_fn, "feature_grid", None)
         return grid_fn(work_hw, self.method_cfg) if grid_fn else None

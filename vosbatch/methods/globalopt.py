@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -186,7 +187,9 @@ def optimise(
 def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     """Spectral initialisation + Eq. (1) global optimisation; soft masks on the optimisation grid."""
     t_len, H, W = inp.frames.shape[:3]
+    t0 = time.perf_counter()
     init, info = initial_masks(inp, cfg)
+    info["seconds_init"] = time.perf_counter() - t0
     oh, ow = max(2, H // cfg.opt_stride), max(2, W // cfg.opt_stride)
     init_o = F.interpolate(torch.from_numpy(init)[:, None], size=(oh, ow), mode="bilinear", align_corners=False)
     init_o = init_o[:, 0].numpy()
@@ -196,9 +199,14 @@ def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     if inp.reliable_forward is not None:  # the weight of a term lives on the frame the flow starts from
         wb = _to_grid(inp.reliable_forward.astype(np.float32), (oh, ow))[..., 0]
         wf = _to_grid(inp.reliable_backward.astype(np.float32), (oh, ow))[..., 0]
+    t0 = time.perf_counter()
     soft, oinfo = optimise(
         init_o, resize_flow(inp.flow.forward, oh, ow), resize_flow(inp.flow.backward, oh, ow), wf, wb,
         cfg.lam, cfg.lbfgs_max_iter,
     )
     info.update(oinfo)
+    info["seconds_optimise"] = time.perf_counter() - t0
     return MethodOutput(soft, {"init": init_o}, info)
+
+
+globalopt.feature_grid = feature_grid  # the grid the appearance features must be computed on
