@@ -1,0 +1,41 @@
+"""The predictor end to end, in-process: every flow backend and reliability mode finds the object."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vosbatch.config import RunConfig
+from vosbatch.metrics import jaccard
+from vosbatch.pipeline import VideoSegmenter
+from vosbatch.testing.synthetic import make_video
+
+RAFT_SMALL = Path(__file__).resolve().parents[2] / "shared/models/raft-small.pth"
+
+
+def _j(result, vid):
+    return np.mean([jaccard(m, g) for m, g in zip(result.masks, vid.masks)])
+
+
+@pytest.mark.parametrize("reliability", ["none", "photometric", "photometric+fb"])
+def test_dis_pipeline_with_each_reliability_mode(reliability):
+    vid = make_video(frames=8, size=(96, 128), obj_velocity=(3.0, 1.0), bg_velocity=(-1.0, 0.5), seed=1)
+    cfg = RunConfig(flow="dis", flow_reliability=reliability, method_params={"grid_stride": 4, "opt_stride": 2})
+    res = VideoSegmenter(cfg).segment(vid.frames)
+    assert res.masks.shape == vid.masks.shape
+    assert _j(res, vid) > 0.7, reliability
+    assert {"flow", "init", "optimise", "binarize"} <= set(res.seconds)
+    if reliability != "none":
+        assert "flow_reliability" in res.seconds
+
+
+@pytest.mark.skipif(not RAFT_SMALL.is_file(), reason=f"official RAFT-small checkpoint not at {RAFT_SMALL}")
+def test_raft_small_pipeline(tmp_path):
+    vid = make_video(frames=6, size=(96, 128), obj_velocity=(3.0, 1.0), bg_velocity=(-1.0, 0.5), seed=2)
+    cfg = RunConfig(flow="raft-small", flow_weights=str(RAFT_SMALL), flow_iters=6,
+                    method_params={"grid_stride": 4, "opt_stride": 2})
+    seg = VideoSegmenter(cfg, flow_cache=str(tmp_path / "cache"))
+    first = seg.segment(vid.frames)
+    assert _j(first, vid) > 0.7
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # flows cached once per sequence
+    again = seg.segment(vid.frames)
+    assert np.array_equal(first.masks, again.masks)  # a cache hit gives the same result
