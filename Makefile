@@ -10,7 +10,7 @@ DEMO_SEQUENCES ?= blackswan,car-shadow,cows
 export RAY_USAGE_STATS_ENABLED = 0
 export OMP_WAIT_POLICY = PASSIVE
 
-.PHONY: install demo test benchmark
+.PHONY: install demo test benchmark browser
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,7 +24,12 @@ demo: install
 	$(NS) $(VENV)/bin/vosbatch submit --dataset davis2016 $(if $(DATA),--data-root $(DATA)) \
 		--sequences $(DEMO_SEQUENCES) --output runs
 
-test: install
+# Chromium for the report's browser tests: installed (apt, as root) before entering the namespace,
+# which has no network; where it cannot be installed those tests skip and say why.
+browser: install
+	@$(PY) -c "from vosbatch.testing.browser import ensure_chromium as e; p, why = e(); print('chromium:', p or 'unavailable, browser tests will skip: ' + why)"
+
+test: install browser
 	$(NS) $(PY) -m pytest -q
 
 benchmark: install

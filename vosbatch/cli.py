@@ -199,5 +199,75 @@ def export(run, png_dir) -> None:
     click.echo(f"wrote {n} masks under {png_dir}")
 
 
+@main.command()
+@click.argument("run")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="report.html (media in report_media/ beside it) or a folder (index.html + media/).")
+@click.option("--compare", "compare", metavar="RUN_B", help="A second run shown beside RUN (local path or s3://).")
+@click.option("--data-root", help="Dataset root for frames and ground truth (default: run.json's data_root).")
+@click.option("--sequences", help="Comma-separated sequences to include (default: all).")
+@click.option("--curves", help="Comma-separated sequences whose per-frame J is plotted (default: the 4 worst).")
+@click.option("--video-format", default="mp4", show_default=True, type=click.Choice(["mp4", "webm", "webp"]),
+              help="Overlay media: H.264 MP4, VP9 WebM or animated WebP.")
+@click.option("--fps", default=10.0, show_default=True, help="Frame rate of the overlay videos.")
+@click.option("--worst", default=3, show_default=True, help="Worst frames (lowest J) highlighted per sequence.")
+@click.option("--max-width", default=640, show_default=True, help="Width of the overlay videos in pixels.")
+@click.option("--self-contained", is_flag=True, help="One HTML file with the media inlined (data: URIs).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def report(run, out, compare, data_root, sequences, curves, video_format, fps, worst, max_width, self_contained,
+           progress) -> None:
+    """Write an HTML report of RUN (local or s3://): configuration, J&F table, plots, overlay videos."""
+    from .errors import VosbatchError
+    from .report import build_report
+
+    try:
+        page = build_report(run, out, compare=compare, data_root=data_root, curves=_split_csv(curves),
+                            sequences=_split_csv(sequences), video_format=video_format, fps=fps, worst_k=worst,
+                            max_width=max_width, self_contained=self_contained, progress=progress)
+    except VosbatchError as e:
+        raise click.ClickException(str(e))
+    click.echo(f"wrote {page}")
+    click.echo(f"open file://{page.resolve()}")
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for masks/, overlay video and summary.json.")
+@click.option("--max-frames", default=300, show_default=True, help="Read at most this many frames (0: all).")
+@click.option("--max-height", default=480, show_default=True,
+              help="Downscale taller input to this height first; masks are written at this size (0: keep).")
+@click.option("--work-height", default=240, show_default=True, help="Processing height in pixels.")
+@click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fast, raft-small, raft.")
+@click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
+@click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "none"]))
+@click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
+@click.option("--gt", "gt_folder", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of ground-truth PNGs named like the frames (00000.png... for a video): adds J&F.")
+@click.option("--fps", type=float, help="Overlay frame rate (default: the video's; 10 for a frame folder).")
+@click.option("--video-format", default="mp4", show_default=True, type=click.Choice(["mp4", "webm", "webp"]))
+def segment(input_path, out, max_frames, max_height, work_height, flow, flow_weights, refine, params, gt_folder, fps,
+            video_format) -> None:
+    """Segment one video file or folder of frames here (no cluster): PNG masks, overlay video, summary."""
+    from .config import RunConfig
+    from .errors import VosbatchError
+    from .report import format_summary, segment_input
+
+    cfg = RunConfig(flow=flow, flow_weights=flow_weights, work_height=work_height, refine=refine,
+                    method_params=_parse_params(params))
+    try:
+        from .methods import get_method
+
+        get_method(cfg.method)[1](**cfg.method_params)
+    except (TypeError, ValueError) as e:
+        raise click.UsageError(f"--param: {e}")
+    try:
+        summary = segment_input(input_path, out, cfg, max_frames=max_frames or None, max_height=max_height or None,
+                                gt_folder=gt_folder, video_format=video_format, fps=fps)
+    except VosbatchError as e:
+        raise click.ClickException(str(e))
+    click.echo(format_summary(summary))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
