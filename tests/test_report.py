@@ -233,6 +233,16 @@ def test_report_of_a_run_on_s3(runs, tmp_path):
         fs.create_dir("bucket")
         pafs.copy_files(str(runs["a"]), "bucket/runs/run-a", destination_filesystem=fs)
         page = build_report("s3://bucket/runs/run-a", tmp_path / "s3", s3_options=opts)
+        # the command line reaches the same store through the standard AWS variables
+        import subprocess
+        import sys
+
+        env = dict(os.environ, AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test",
+                   AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+        proc = subprocess.run([sys.executable, "-m", "vosbatch.cli", "report", "s3://bucket/runs/run-a", "-o",
+                               str(tmp_path / "cli")], env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "cli" / "index.html").read_text().count("data-sequence=") == 3
     finally:
         srv.stop()
     html = page.read_text()

@@ -61,6 +61,12 @@ METRIC_SCHEMA = pa.schema(METRIC_FIELDS)
 
 def _fs_and_path(uri: str, **s3_options):
     if uri.startswith("s3://"):
+        # pyarrow ignores the AWS CLI's endpoint variables; honour them so S3-compatible stores
+        # (MinIO, Ceph, moto...) work from every command. Credentials come from the usual chain.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_override" not in s3_options:
+            scheme, _, host = endpoint.partition("://")
+            s3_options = dict(s3_options, endpoint_override=host or scheme, scheme=scheme if host else "https")
         fs = pafs.S3FileSystem(**s3_options)
         return fs, uri[len("s3://"):].rstrip("/")
     path = os.path.abspath(os.path.expanduser(uri))
