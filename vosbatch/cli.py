@@ -59,7 +59,10 @@ def main() -> None:
 @click.option("--flow-cache", type=click.Path(file_okay=False), help="Cache flows per sequence here (opt-in).")
 @click.option("--flow-reliability", default="none", show_default=True,
               type=click.Choice(["none", "photometric", "photometric+fb"]), help="Exclude unreliable flow.")
-@click.option("--features", default="colour", show_default=True, help="Appearance feature backend.")
+@click.option("--features", default="colour", show_default=True,
+              help="Appearance features: colour (offline default), dino-vits16, dino-vits8, dino-vitb16, dino-vitb8, dinov2-vits14.")
+@click.option("--weights", "feature_weights", type=click.Path(dir_okay=False),
+              help="Local checkpoint for a ViT feature backend (official DINO .pth layouts).")
 @click.option("--appearance-weight", default=2.0, show_default=True,
               help="Weight of the per-video colour model when binarising (0 disables it).")
 @click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "none"]),
@@ -73,7 +76,7 @@ def main() -> None:
 @click.option("--run-id", help="Name of the run folder (default: timestamp + config hash).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--fail-on-error", is_flag=True, help="Exit with status 1 when any sequence failed.")
-def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flow_iters, flow_cache, flow_reliability, features, appearance_weight, refine, work_height,
+def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flow_iters, flow_cache, flow_reliability, features, feature_weights, appearance_weight, refine, work_height,
            params, workers, gpus, address, output, run_id, progress, fail_on_error) -> None:
     """Segment a dataset's sequences on Ray actors and write masks + metrics under OUTPUT/RUN_ID/."""
     from tqdm import tqdm
@@ -89,6 +92,7 @@ def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flo
 
     cfg = RunConfig(method=method, flow=flow, features=features, work_height=work_height, flow_weights=flow_weights,
                     flow_iters=flow_iters, refine=refine, appearance_weight=appearance_weight,
+                    feature_weights=feature_weights,
                     flow_reliability=flow_reliability, method_params=_parse_params(params))
     try:
         from .methods import get_method

@@ -13,6 +13,7 @@ class RunConfig:
     method: str = "globalopt"
     flow: str = "dis"
     features: str = "colour"
+    feature_weights: Optional[str] = None  # local checkpoint for a ViT feature backend (DINO .pth layouts)
     work_height: int = 240  # frames are processed at this height (aspect kept); masks return at full size
     flow_weights: Optional[str] = None
     flow_iters: int = 12  # refinement iterations of learned (RAFT) flow

@@ -65,7 +65,7 @@ class VideoSegmenter:
             flow_kwargs["device"] = cfg.device
             flow_kwargs["iters"] = cfg.flow_iters
         self.flow = create_flow(cfg.flow, **flow_kwargs)
-        self.features = create_features(cfg.features)
+        self.features = create_features(cfg.features, **({"weights": cfg.feature_weights} if cfg.feature_weights else {}))
 
     def segment(self, frames: np.ndarray, keep_stages: bool = True) -> SegmentationResult:
         timer = Timer()
