@@ -98,3 +98,44 @@ def test_unknown_sequence_and_unwritable_output(run, tmp_path):
     blocker.write_text("")
     bad = vosbatch("submit", "--data-root", run["root"], "--output", blocker / "x", "--no-progress", check=False)
     assert bad.returncode != 0 and "not writable" in bad.stderr and str(blocker) in bad.stderr
+
+
+def test_submit_without_data_downloads_the_dataset_first(tmp_path):
+    """No --data-root and no $VOSBATCH_DATA_ROOT: the official archive is fetched (here from a local
+    HTTP server standing in for the DAVIS site), extracted into the cache and segmented."""
+    import functools
+    import http.server
+    import threading
+    import zipfile
+
+    src = write_davis_fixture(tmp_path / "src" / "DAVIS", {"mover": make_video(frames=5, size=(96, 128), seed=7)})
+    archive = tmp_path / "www" / "DAVIS-data.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            zf.write(p, p.relative_to(src.parent))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        env_extra = {"VOSBATCH_DAVIS2016_URL": f"http://127.0.0.1:{httpd.server_address[1]}/DAVIS-data.zip",
+                     "VOSBATCH_CACHE": str(tmp_path / "cache")}
+        old = {k: os.environ.get(k) for k in [*env_extra, "VOSBATCH_DATA_ROOT"]}
+        os.environ.update(env_extra)
+        os.environ.pop("VOSBATCH_DATA_ROOT", None)
+        try:
+            proc = vosbatch("submit", "--dataset", "davis2016", "--output", tmp_path / "runs", "--run-id", "dl",
+                            "--no-progress", "--work-height", 96, "-p", "grid_stride=4")
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    finally:
+        httpd.shutdown()
+    root = tmp_path / "cache" / "datasets" / "davis2016"
+    assert (root / "JPEGImages" / "480p" / "mover" / "00000.jpg").is_file()
+    rows = pads.dataset(str(tmp_path / "runs" / "dl" / "metrics"), partitioning="hive").to_table().to_pylist()
+    assert [(r["sequence"], r["status"]) for r in rows] == [("mover", "ok")]
+    assert str(root) in proc.stderr and "J&F" in proc.stdout
