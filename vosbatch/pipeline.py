@@ -19,9 +19,7 @@ from .flow import create_flow
 from .flow.cache import cached_flow
 from .flow.reliability import flow_reliability
 from .methods import MethodInput, get_method
-from .postprocess.appearance import colour_model_refine
-from .postprocess.binarize import kmeans_threshold, upsample
-from .postprocess.refine import guided_refine
+from .postprocess.binarize import binarize
 
 
 @dataclass
@@ -96,18 +94,11 @@ class VideoSegmenter:
         return SegmentationResult(masks, out.soft, stages, dict(timer.seconds), dict(out.info))
 
     def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
-        """Soft masks on the method's grid -> binary masks at the frames' resolution.
-
-        Upsample, fold in the video's colour model, snap edges to the image (guided filter), then
-        one K-means (K=2) threshold for the whole video.
-        """
+        """Soft masks on the method's grid -> binary masks at the frames' resolution (this config's
+        colour model and refinement, then one K-means threshold per video)."""
         H, W = frames.shape[1:3]
-        full = upsample(soft, H, W)
-        if self.cfg.appearance_weight > 0:
-            full = colour_model_refine(frames, full, weight=self.cfg.appearance_weight)
-        if self.cfg.refine == "guided":
-            full = guided_refine(frames, full)
-        return full > kmeans_threshold(full, seed=self.cfg.seed)
+        return binarize(soft, H, W, seed=self.cfg.seed, guide=frames, colour_weight=self.cfg.appearance_weight,
+                        edge_refine=self.cfg.refine == "guided")
 
     def _feature_grid(self, work_hw) -> Optional[tuple[int, int]]:
         """Methods that consume appearance features say on which grid (``fn.feature_grid``)."""

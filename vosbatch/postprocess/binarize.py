@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
+from .appearance import colour_model_refine
 from .refine import guided_refine
 
 
@@ -33,13 +34,25 @@ def kmeans_threshold(soft: np.ndarray, samples: int = 200_000, seed: int = 0, mi
     return 0.5 * (lo + hi) if hi - lo >= min_gap else 0.5
 
 
-def binarize(soft: np.ndarray, height: int, width: int, seed: int = 0, guide: Optional[np.ndarray] = None) -> np.ndarray:
-    """K-means binarisation at full resolution: (T,h,w) soft -> (T,height,width) bool.
+def binarize(
+    soft: np.ndarray,
+    height: int,
+    width: int,
+    seed: int = 0,
+    guide: Optional[np.ndarray] = None,
+    colour_weight: float = 0.0,
+    edge_refine: bool = True,
+) -> np.ndarray:
+    """Soft masks on a coarse grid (T,h,w) -> binary masks (T,height,width) at full resolution.
 
-    With ``guide`` frames (T,height,width,3) the upsampled soft masks are first refined with the
-    edge-aware guided filter (:mod:`vosbatch.postprocess.refine`), so edges follow the image.
+    Upsample; with ``guide`` frames (T,height,width,3) fold in the video's colour model
+    (``colour_weight`` > 0, :mod:`vosbatch.postprocess.appearance`) and, with ``edge_refine``, snap
+    edges to the image with the guided filter (:mod:`vosbatch.postprocess.refine`); then one K-means
+    (K=2) threshold for the whole video.
     """
     full = upsample(soft, height, width)
-    if guide is not None:
+    if guide is not None and colour_weight > 0:
+        full = colour_model_refine(guide, full, weight=colour_weight)
+    if guide is not None and edge_refine:
         full = guided_refine(guide, full)
     return full > kmeans_threshold(full, seed=seed)
