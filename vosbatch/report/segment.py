@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..config import RunConfig
+from ..data.video import cap_height, read_video
 from ..errors import InputError
 from . import overlay as ov
 
@@ -35,11 +36,7 @@ class LoadedInput:
 def _cap_height(frames: np.ndarray, max_height: Optional[int]) -> np.ndarray:
     """Downscale frames taller than ``max_height`` (aspect kept): masks come back at this size,
     which keeps full-HD or 4K input within memory."""
-    h, w = frames.shape[1:3]
-    if not max_height or h <= max_height:
-        return frames
-    nw = max(2, int(round(w * max_height / h)))
-    return np.stack([cv2.resize(f, (nw, max_height), interpolation=cv2.INTER_AREA) for f in frames])
+    return np.stack([cap_height(f, max_height) for f in frames])
 
 
 def load_input(path: Path, max_frames: Optional[int] = None, max_height: Optional[int] = None) -> LoadedInput:
@@ -60,35 +57,9 @@ def load_input(path: Path, max_frames: Optional[int] = None, max_height: Optiona
         frames = seq.load_frames()  # InputError naming the folder / the bad file
         return LoadedInput(path.name, "frames", _cap_height(frames, max_height), seq.frame_names, None,
                            frames.shape[1:3], total > len(frames))
-    import av
-
-    frames_l: List[np.ndarray] = []
-    truncated = False
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise InputError(f"{path}: no video stream in this file")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            rate = stream.average_rate or stream.guessed_rate
-            fps = float(rate) if rate else None
-            for frame in container.decode(stream):
-                if max_frames and len(frames_l) >= max_frames:
-                    truncated = True
-                    break
-                img = frame.to_ndarray(format="rgb24")
-                frames_l.append(_cap_height(img[None], max_height)[0])
-                if len(frames_l) == 1:
-                    source = img.shape[:2]
-    except InputError:
-        raise
-    except (av.FFmpegError, OSError, ValueError) as e:
-        if not frames_l:  # a file cut short keeps the frames that decoded, as players do
-            raise InputError(f"{path}: cannot decode as a video ({e})") from e
-    if len(frames_l) < 2:
-        raise InputError(f"{path}: {len(frames_l)} frame(s) decoded; at least 2 are needed for optical flow")
-    names = [f"{i:05d}" for i in range(len(frames_l))]
-    return LoadedInput(path.stem, "video", np.stack(frames_l), names, fps, source, truncated)
+    video = read_video(path, max_frames=max_frames, max_height=max_height)
+    names = [f"{i:05d}" for i in range(len(video.frames))]
+    return LoadedInput(path.stem, "video", video.frames, names, video.fps, video.source_size, video.truncated)
 
 
 def _load_gt(gt_folder: Path, names: List[str], size: tuple) -> np.ndarray:
