@@ -6,7 +6,7 @@ from vosbatch.flow import create_flow
 from vosbatch.flow.base import BidirectionalFlow
 from vosbatch.features import create_features
 from vosbatch.methods import MethodInput, get_method
-from vosbatch.methods.globalopt import GlobalOptConfig, eq1_loss, feature_grid, optimise
+from vosbatch.methods.globalopt import eq1_loss, feature_grid, optimise
 from vosbatch.metrics import jaccard
 from vosbatch.postprocess.binarize import binarize
 from vosbatch.testing.synthetic import make_video

@@ -10,7 +10,6 @@ storage as it lands.
 from __future__ import annotations
 
 import os
-import time
 from typing import Callable, Dict, List, Optional
 
 from ..config import RunConfig

@@ -11,7 +11,6 @@ import time
 import traceback
 from typing import Dict, Optional
 
-import numpy as np
 
 from ..config import RunConfig
 from ..data.sequence import Sequence
