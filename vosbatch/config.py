@@ -21,6 +21,7 @@ class RunConfig:
     method_params: Dict[str, Any] = field(default_factory=dict)
     appearance_weight: float = 2.0  # weight of the per-video colour model's log-odds (0: off)
     refine: str = "guided"  # "guided" (edge-aware filter before binarising) | "none"
+    refine_from: Optional[str] = None  # a run or DAVIS-layout PNG folder whose masks the method refines
     device: str = "auto"
     seed: int = 0
 

@@ -65,7 +65,8 @@ class VideoSegmenter:
         self.flow = create_flow(cfg.flow, **flow_kwargs)
         self.features = create_features(cfg.features, **({"weights": cfg.feature_weights} if cfg.feature_weights else {}))
 
-    def segment(self, frames: np.ndarray, keep_stages: bool = True) -> SegmentationResult:
+    def segment(self, frames: np.ndarray, keep_stages: bool = True, prior: Optional[np.ndarray] = None) -> SegmentationResult:
+        """``prior``: optional (T,H,W) masks in [0,1] from another method, for methods that refine."""
         timer = Timer()
         t_len, H, W = frames.shape[:3]
         h, w = working_size(H, W, self.cfg.work_height)
@@ -78,11 +79,13 @@ class VideoSegmenter:
             with timer("flow_reliability"):
                 rel = flow_reliability(small, flow, fb_consistency=self.cfg.flow_reliability == "photometric+fb")
                 rel_f, rel_b = rel.forward, rel.backward
+        if prior is not None:
+            prior = np.stack([cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) for p in prior])
         with timer("features"):
             grid = self._feature_grid((h, w))
             feats = self.features(small, grid) if grid else None
         with timer("method"):
-            out = self.method_fn(MethodInput(small, flow, feats, rel_f, rel_b), self.method_cfg)
+            out = self.method_fn(MethodInput(small, flow, feats, rel_f, rel_b, prior), self.method_cfg)
         # the method's own stages (e.g. init / optimise) replace its lump sum when it reports them
         method_stages = {k[len("seconds_"):]: out.info.pop(k) for k in [k for k in out.info if k.startswith("seconds_")]}
         if method_stages:

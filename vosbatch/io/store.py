@@ -55,6 +55,7 @@ METRIC_FIELDS = [
     ("init_f_mean", pa.float64()),
     ("seconds_by_stage", pa.string()),  # JSON {stage: seconds}
     ("peak_rss_gb", pa.float64()),  # peak resident memory of the worker process after this sequence
+    ("stage_scores", pa.string()),  # JSON {stage: {j_mean, f_mean}} for the method's intermediate masks
 ]
 METRIC_SCHEMA = pa.schema(METRIC_FIELDS)
 

@@ -16,6 +16,7 @@ class MethodInput:
     features: Optional[np.ndarray] = None  # (T,h,w,C) appearance features on the method's grid
     reliable_forward: Optional[np.ndarray] = None  # (T-1,H,W) bool, flow t->t+1 trustworthy
     reliable_backward: Optional[np.ndarray] = None  # (T-1,H,W) bool, flow t+1->t trustworthy
+    prior: Optional[np.ndarray] = None  # (T,H,W) float32 in [0,1]: another method's masks to refine (--refine-from)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 from ..config import RunConfig
 from ..data.sequence import Sequence
 from ..errors import VosbatchError
+from ..io.priors import load_prior_masks
 from ..io.store import RunStore
 from ..metrics import evaluate_sequence
 from ..pipeline import VideoSegmenter
@@ -36,7 +37,10 @@ def process_sequence(segmenter: VideoSegmenter, seq: Sequence, store: Optional[R
         frames = seq.load_frames()
         gt = seq.load_gt(frames.shape[1:3])
         load_s = time.perf_counter() - t_load
-        result = segmenter.segment(frames)
+        prior = None
+        if cfg.refine_from:
+            prior = load_prior_masks(cfg.refine_from, seq.dataset, seq.name, seq.frame_names)
+        result = segmenter.segment(frames, prior=prior)
         row = {
             "dataset": seq.dataset, "sequence": seq.name, "method": cfg.method, "frames": int(len(frames)),
             "status": "ok", "error": None, "config_hash": cfg.digest(),
@@ -45,9 +49,15 @@ def process_sequence(segmenter: VideoSegmenter, seq: Sequence, store: Optional[R
         if gt is not None:
             scores = evaluate_sequence(list(result.masks), gt)
             row.update({k: float(getattr(scores, k)) for k in ("j_mean", "j_recall", "j_decay", "f_mean", "f_recall", "f_decay")})
-            if "init" in result.stage_masks:
-                init = evaluate_sequence(list(result.stage_masks["init"]), gt)
-                row.update(init_j_mean=float(init.j_mean), init_f_mean=float(init.f_mean))
+            # every intermediate stage the method reports (init, IKE cycles...) is scored the same way
+            stage_scores = {}
+            for stage, stage_masks in result.stage_masks.items():
+                s = evaluate_sequence(list(stage_masks), gt)
+                stage_scores[stage] = {"j_mean": round(float(s.j_mean), 5), "f_mean": round(float(s.f_mean), 5)}
+            if "init" in stage_scores:
+                row.update(init_j_mean=stage_scores["init"]["j_mean"], init_f_mean=stage_scores["init"]["f_mean"])
+            if stage_scores:
+                row["stage_scores"] = json.dumps(stage_scores)
         seconds = {"load": load_s, **result.seconds, "eval": time.perf_counter() - t_eval}
         if store is not None:
             t_w = time.perf_counter()
