@@ -114,6 +114,31 @@ DATASET_ARCHIVES: dict[str, RemoteArchive] = {
         layout=("JPEGImages/480p", "Annotations/480p", "ImageSets/480p"),
         exclude=("*/1080p", "*/1080p/*"),
     ),
+    # SegTrack-v2 as published by its authors (Oregon State): one zip whose top folder
+    # "SegTrackv2/" holds JPEGImages/, GroundTruth/ and ImageSets/. No authoritative checksum is
+    # published; VOSBATCH_SEGTRACKV2_URL / VOSBATCH_SEGTRACKV2_SHA256 override URL and digest.
+    "segtrackv2": RemoteArchive(
+        name="segtrackv2",
+        url="https://web.engr.oregonstate.edu/~lif/SegTrack2/SegTrackv2.zip",
+        sha256=None,
+        size=None,
+        extracted_marker="JPEGImages",
+        strip_prefix="SegTrackv2",
+        layout=("JPEGImages", "GroundTruth"),
+    ),
+    # FBMS-59 test set as published by the Freiburg LMB group: one zip whose top folder
+    # "Testset/" holds one folder per sequence (frames + GroundTruth/). Extracted as is, so the
+    # dataset root holds Testset/ (where a separately downloaded Trainingset/ can sit next to it).
+    # No authoritative checksum is published; VOSBATCH_FBMS59_URL / VOSBATCH_FBMS59_SHA256 override.
+    "fbms59": RemoteArchive(
+        name="fbms59",
+        url="https://lmb.informatik.uni-freiburg.de/resources/datasets/fbms/FBMS_Testset.zip",
+        sha256=None,
+        size=None,
+        extracted_marker="Testset",
+        strip_prefix=None,
+        layout=("Testset",),
+    ),
 }
 
 

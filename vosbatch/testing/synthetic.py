@@ -87,3 +87,133 @@ def write_davis_fixture(root: Path, videos: dict, split: str = "val", resolution
     sets.mkdir(parents=True, exist_ok=True)
     (sets / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def write_video_file(path: Path, frames: np.ndarray, fps: int = 10, codec: str | None = None, gop: int = 6) -> Path:
+    """Encode (T,H,W,3) uint8 RGB frames as a video file with PyAV.
+
+    libx264 (with B-frames) when available, else MPEG-4 part 2 (VP9 for ``.webm``); a short keyframe interval ``gop``
+    so that reading a window really seeks. Frame sizes must be even (yuv420p).
+    """
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if codec is None and path.suffix.lower() == ".webm":
+        codec = "libvpx-vp9" if "libvpx-vp9" in av.codecs_available else "libvpx"
+    codec = codec or ("libx264" if "libx264" in av.codecs_available else "mpeg4")
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.gop_size = gop
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "veryfast", "bf": "2", "keyint": str(gop), "min-keyint": str(gop),
+                              "scenecut": "0"}
+        else:
+            stream.bit_rate = 4_000_000  # the default is far too low for a faithful fixture
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def object_parts(mask: np.ndarray, parts: int) -> list:
+    """Split one object mask into ``parts`` vertical bands (disjoint, union = the mask): a
+    multi-object annotation whose merged mask is known."""
+    cols = np.nonzero(mask.any(axis=0))[0]
+    if parts <= 1 or cols.size == 0:
+        return [mask] + [np.zeros_like(mask)] * (parts - 1)
+    edges = np.linspace(cols[0], cols[-1] + 1, parts + 1).round().astype(int)
+    xs = np.arange(mask.shape[1])
+    return [mask & ((xs >= a) & (xs < b))[None, :] for a, b in zip(edges[:-1], edges[1:])]
+
+
+def write_segtrackv2_fixture(
+    root: Path, videos: dict, objects: dict | None = None, image_format: dict | None = None, gt_format: dict | None = None
+) -> Path:
+    """Write videos in the official SegTrack-v2 layout.
+
+    ``JPEGImages/<seq>/<seq>_<nnnnn>.<fmt>`` (``image_format[seq]``: ``.png`` default, ``.bmp``,
+    ``.jpg``), ``GroundTruth/<seq>/`` with 0/255 masks directly, or, when ``objects[seq] > 1``, one
+    numbered folder per object (the object split into vertical bands, see :func:`object_parts`),
+    masks as 3-channel images in ``gt_format[seq]`` (``.png`` default, or ``.bmp``), and
+    ``ImageSets/all.txt`` (``*<seq>`` lines) plus ``ImageSets/<seq>.txt`` (folder, then frame names).
+    """
+    root = Path(root)
+    objects, image_format, gt_format = objects or {}, image_format or {}, gt_format or {}
+    (root / "ImageSets").mkdir(parents=True, exist_ok=True)
+    for name, vid in videos.items():
+        img_dir = root / "JPEGImages" / name
+        img_dir.mkdir(parents=True, exist_ok=True)
+        n_obj = int(objects.get(name, 1))
+        gt_dirs = [root / "GroundTruth" / name] if n_obj == 1 else [root / "GroundTruth" / name / str(k + 1) for k in range(n_obj)]
+        for d in gt_dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        stems = []
+        for t, (f, m) in enumerate(zip(vid.frames, vid.masks)):
+            stem = f"{name}_{t:05d}"
+            stems.append(stem)
+            cv2.imwrite(str(img_dir / f"{stem}{image_format.get(name, '.png')}"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+            for d, part in zip(gt_dirs, object_parts(m, n_obj)):
+                grey = part.astype(np.uint8) * 255
+                cv2.imwrite(str(d / f"{stem}{gt_format.get(name, '.png')}"), cv2.merge([grey, grey, grey]))
+        (root / "ImageSets" / f"{name}.txt").write_text(f"{name}/\n" + "\n".join(stems) + "\n")
+    (root / "ImageSets" / "all.txt").write_text("".join(f"*{n}\n" for n in videos))
+    return root
+
+
+def write_fbms59_fixture(
+    root: Path, videos: dict, every: int = 20, first_number: dict | None = None, pad: dict | None = None,
+    label_format: dict | None = None, objects: dict | None = None, split_folder: str = "Testset",
+) -> Path:
+    """Write videos in the official FBMS-59 layout: ``Testset/<seq>/<seq>_<n>.jpg`` (numbering from
+    ``first_number[seq]`` (default 1), zero-padded to ``pad[seq]`` digits (default 2)) and
+    ``Testset/<seq>/GroundTruth/`` with ``<seq>Def.dat`` and one label file for frames 0, ``every``,
+    2·``every``... (``label_format[seq]``: ``.pgm`` (background 0, objects grey 255, 128...) or
+    ``.ppm`` (background white, objects red, green...), with a ``_PROB`` map beside each ``.ppm``).
+    With ``objects[seq] > 1`` the object is split into that many regions (see :func:`object_parts`).
+    """
+    root = Path(root)
+    first_number, pad = first_number or {}, pad or {}
+    label_format, objects = label_format or {}, objects or {}
+    for name, vid in videos.items():
+        folder = root / split_folder / name
+        gt_dir = folder / "GroundTruth"
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        start, width, fmt = int(first_number.get(name, 1)), int(pad.get(name, 2)), label_format.get(name, ".pgm")
+        n_obj = int(objects.get(name, 1))
+        if fmt == ".ppm":
+            palette = [(255, 255, 255), (255, 0, 0), (0, 255, 0), (0, 0, 255)][: n_obj + 1]  # RGB
+            colours = [(r << 16) | (g << 8) | b for r, g, b in palette]
+        else:
+            palette = [(0,) * 3] + [(v,) * 3 for v in (255, 128, 64)][:n_obj]
+            colours = [p[0] for p in palette]
+        entries = []
+        for t, (f, m) in enumerate(zip(vid.frames, vid.masks)):
+            stem = f"{name}_{start + t:0{width}d}"
+            cv2.imwrite(str(folder / f"{stem}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if t % every:
+                continue
+            label = np.empty(m.shape + (3,), np.uint8)
+            label[:] = palette[0]
+            for k, part in enumerate(object_parts(m, n_obj)):
+                label[part] = palette[k + 1]
+            gt_name = f"{stem}_gt{fmt}"
+            if fmt == ".ppm":
+                cv2.imwrite(str(gt_dir / gt_name), cv2.cvtColor(label, cv2.COLOR_RGB2BGR))
+                cv2.imwrite(str(gt_dir / f"{stem}_gt_PROB.pgm"), np.full(m.shape, 255, np.uint8))
+            else:
+                cv2.imwrite(str(gt_dir / gt_name), label[:, :, 0])
+            entries.append(f"Frame number:\n{t}\nFile name:\n{gt_name}\nInput file name:\n{stem}.ppm\n")
+        regions = "".join(f"\n{c}\n" for c in colours)
+        matrix = "\n".join(" ".join("0" if i == j else "1" for j in range(len(colours))) for i in range(len(colours)))
+        (gt_dir / f"{name}Def.dat").write_text(
+            "Ground truth definition file; do not change!\n\nTotal number of regions:\n"
+            f"{len(colours)}\n{regions}\nConfusion penality matrix\n{matrix}\n\n"
+            f"Total number of frames in this shot:\n{len(vid.frames)}\n"
+            f"Total number of labeled frames for this shot:\n{len(entries)}\n" + "".join(entries)
+        )
+    return root
