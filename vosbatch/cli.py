@@ -1,7 +1,6 @@
 """Command line: ``vosbatch submit | eval | export``. Thin: parses, then calls the library."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
@@ -46,13 +45,34 @@ def main() -> None:
     """Unsupervised video object segmentation as a distributed batch job."""
 
 
+# Options of `submit` that set RunConfig fields (option name -> field); on --resume, only those given
+# explicitly override the run's stored configuration.
+_CONFIG_OPTIONS = {
+    "method": "method", "flow": "flow", "flow_weights": "flow_weights", "flow_iters": "flow_iters",
+    "flow_reliability": "flow_reliability", "features": "features", "feature_weights": "feature_weights",
+    "appearance_weight": "appearance_weight", "refine": "refine", "work_height": "work_height",
+    "params": "method_params", "window_frames": "window_frames", "window_overlap": "window_overlap",
+    "refine_from": "refine_from",
+}
+
+
+def _dataset_choices() -> List[str]:
+    from .data import DATASETS
+
+    return list(DATASETS)
+
+
 @main.command()
-@click.option("--dataset", default="davis2016", show_default=True, type=click.Choice(["davis2016"]), help="Dataset layout to read.")
+@click.option("--dataset", default="davis2016", show_default=True, type=click.Choice(_dataset_choices()),
+              help="Dataset in its official layout.")
 @click.option("--data-root", type=click.Path(path_type=Path), envvar="VOSBATCH_DATA_ROOT",
               help="Dataset root (else $VOSBATCH_DATA_ROOT, else the cache, downloading the data when absent).")
-@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "all"]))
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "test", "all"]))
 @click.option("--sequences", help="Comma-separated sequence names (overrides --split).")
-@click.option("--method", default="globalopt", show_default=True)
+@click.option("--input", "inputs", multiple=True,
+              help="Instead of a dataset: a video file, a folder of frames or videos, a manifest (.csv/.parquet "
+                   "with a path column) or an s3:// prefix (repeatable).")
+@click.option("--method", default="globalopt", show_default=True, help="globalopt or ike.")
 @click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fast, raft-small, raft.")
 @click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
 @click.option("--flow-iters", default=12, show_default=True, help="Refinement iterations of RAFT.")
@@ -65,84 +85,74 @@ def main() -> None:
               help="Local checkpoint for a ViT feature backend (official DINO .pth layouts).")
 @click.option("--appearance-weight", default=2.0, show_default=True,
               help="Weight of the per-video colour model when binarising (0 disables it).")
-@click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "none"]),
-              help="Edge-aware refinement of the soft masks before binarising.")
+@click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "crf", "none"]),
+              help="Refinement before binarising: guided filter (default), dense CRF (needs the crf extra) or none.")
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels (masks return at full size).")
 @click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
+@click.option("--refine-from", help="Masks of another run (path or s3://) or a DAVIS-layout PNG folder for the method to refine.")
+@click.option("--window-frames", default=150, show_default=True, help="Longer videos run in overlapping windows of this many frames.")
+@click.option("--window-overlap", default=16, show_default=True, help="Frames shared by consecutive windows.")
 @click.option("--workers", default=1, show_default=True, help="CPU actors (ignored when --gpus is set).")
+@click.option("--cpus-per-worker", type=int, help="Threads (CPUs) per actor (default: the cluster's CPUs shared out).")
 @click.option("--gpus", default=0, show_default=True, help="GPU actors, one GPU each.")
 @click.option("--address", help="Existing Ray cluster (auto or ray://HOST:PORT); default: start a local one.")
+@click.option("--runtime-env", help="Ray runtime_env as JSON for an existing cluster (default: ship this package).")
+@click.option("--retries", default=2, show_default=True, help="Retries of a sequence whose worker died.")
 @click.option("--output", default="runs", show_default=True, help="Output folder (local path or s3://bucket/prefix).")
+@click.option("--s3-endpoint-url", help="S3-compatible server for s3:// outputs (default: AWS, or $AWS_ENDPOINT_URL).")
 @click.option("--run-id", help="Name of the run folder (default: timestamp + config hash).")
+@click.option("--resume", "resume_id", metavar="RUN_ID",
+              help="Continue run RUN_ID under --output: sequences done with the same configuration are skipped.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--fail-on-error", is_flag=True, help="Exit with status 1 when any sequence failed.")
-def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flow_iters, flow_cache, flow_reliability, features, feature_weights, appearance_weight, refine, work_height,
-           params, workers, gpus, address, output, run_id, progress, fail_on_error) -> None:
-    """Segment a dataset's sequences on Ray actors and write masks + metrics under OUTPUT/RUN_ID/."""
-    from tqdm import tqdm
+@click.pass_context
+def submit(ctx, dataset, data_root, split, sequences, inputs, method, flow, flow_weights, flow_iters, flow_cache,
+           flow_reliability, features, feature_weights, appearance_weight, refine, work_height, params, refine_from,
+           window_frames, window_overlap, workers, cpus_per_worker, gpus, address, runtime_env, retries, output,
+           s3_endpoint_url, run_id, resume_id, progress, fail_on_error) -> None:
+    """Segment a dataset's sequences (or --input videos) on Ray actors; masks + metrics under OUTPUT/RUN_ID/."""
+    from click.core import ParameterSource
 
     from .config import RunConfig
-    from .data import davis_sequences
     from .data.download import ensure_dataset
     from .errors import VosbatchError
-    from .io.store import RunStore
     from .metrics import format_table, summarise
     from .runinfo import code_version, host_facts
-    from .runner.driver import run_sequences
+    from .runner.job import JobSpec, run_job
 
-    cfg = RunConfig(method=method, flow=flow, features=features, work_height=work_height, flow_weights=flow_weights,
-                    flow_iters=flow_iters, refine=refine, appearance_weight=appearance_weight,
-                    feature_weights=feature_weights,
-                    flow_reliability=flow_reliability, method_params=_parse_params(params))
+    if resume_id and run_id and resume_id != run_id:
+        raise click.UsageError("--resume RUN_ID names the run; do not also pass a different --run-id")
+    explicit = {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    values = dict(ctx.params, params=_parse_params(params))
+    cfg = RunConfig(**{field: values[opt] for opt, field in _CONFIG_OPTIONS.items()})
+    explicit_cfg = {_CONFIG_OPTIONS[o] for o in explicit if o in _CONFIG_OPTIONS}
     try:
         from .methods import get_method
 
-        get_method(method)[1](**cfg.method_params)  # validate parameters before starting anything
+        get_method(cfg.method)[1](**cfg.method_params)  # validate parameters before starting anything
     except (TypeError, ValueError) as e:
         raise click.UsageError(f"--method {method} / --param: {e}")
     try:
-        root = Path(data_root) if data_root else ensure_dataset(dataset, default_data_root(dataset), progress=progress)
-        seqs = davis_sequences(root, split=split, sequences=_split_csv(sequences), dataset=dataset)
+        env = json.loads(runtime_env) if runtime_env else None
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--runtime-env")
+    spec = JobSpec(dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
+                   sequences=_split_csv(sequences), inputs=list(inputs) or None, output=output,
+                   run_id=resume_id or run_id, workers=workers, gpus=gpus, cpus_per_worker=cpus_per_worker,
+                   address=address, retries=retries, s3_endpoint_url=s3_endpoint_url, flow_cache=flow_cache,
+                   runtime_env=env, progress=progress)
+    explicit_inputs = {o for o in explicit if o in JobSpec.INPUT_FIELDS} | ({"data_root"} if data_root else set())
+    try:
+        job = run_job(spec, cfg, resume=bool(resume_id), explicit=explicit_cfg | explicit_inputs,
+                      download=lambda name: ensure_dataset(name, default_data_root(name), progress=progress),
+                      echo=lambda m: click.echo(m, err=True), code=code_version(), host=host_facts())
     except VosbatchError as e:
         raise click.ClickException(str(e))
     except Exception as e:  # download errors etc.
-        raise click.ClickException(f"{dataset}: {e}")
-    run_id = run_id or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{cfg.digest()[:6]}"
-    run_uri = f"{output.rstrip('/')}/{run_id}" if "://" in output else str(Path(output).resolve() / run_id)
-    store = RunStore(run_uri)
-    try:
-        store.check_writable()
-    except VosbatchError as e:
-        raise click.ClickException(f"output not writable: {e}")
-    info = {
-        "run_id": run_id, "config": cfg.to_dict(), "config_hash": cfg.digest(), "dataset": dataset,
-        "data_root": str(root), "split": split, "sequences": [s.name for s in seqs], "workers": workers,
-        "gpus": gpus, "address": address, "code": code_version(), "host": host_facts(),
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(), "status": "running",
-    }
-    store.write_run_info(info)
-    total_frames = sum(s.num_frames for s in seqs)
-    click.echo(f"vosbatch: {len(seqs)} sequences ({total_frames} frames) of {dataset} from {root}; "
-               f"method={method} flow={flow} features={features}; run {run_uri}", err=True)
-    t0 = time.time()
-    bar = tqdm(total=total_frames, unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    counts = {"ok": 0, "failed": 0}
-
-    def on_result(row):
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-        bar.update(row.get("frames") or 0)
-        bar.set_postfix(done=counts["ok"], failed=counts["failed"])
-        if row["status"] != "ok":
-            bar.write(f"FAILED {row['sequence']}: {str(row['error']).splitlines()[0]}", file=sys.stderr)
-
-    rows = run_sequences(seqs, cfg, run_uri, workers=workers, gpus=gpus, address=address, on_result=on_result,
-                         flow_cache=flow_cache)
-    bar.close()
-    elapsed = time.time() - t0
-    info.update(status="done", finished=dt.datetime.now(dt.timezone.utc).isoformat(), seconds=elapsed,
-                sequences_ok=counts["ok"], sequences_failed=counts["failed"])
-    store.write_run_info(info)
-    ok_rows = sorted((r for r in rows if r["status"] == "ok" and r.get("j_mean") is not None), key=lambda r: r["sequence"])
+        raise click.ClickException(f"{dataset}: {type(e).__name__}: {e}")
+    rows, counts, stats = job["rows"], job["counts"], job["stats"]
+    ok_rows = sorted((r for r in job["all_rows"] if r["status"] == "ok" and r.get("j_mean") is not None),
+                     key=lambda r: (r["dataset"], r["sequence"]))
     if ok_rows:
         click.echo(format_table(ok_rows))
         s = summarise(ok_rows)
@@ -152,10 +162,13 @@ def submit(dataset, data_root, split, sequences, method, flow, flow_weights, flo
             extra = f"  (initialisation J {init_j:.3f}, optimisation {s['j_mean'] - init_j:+.3f})"
         click.echo(f"J&F {s['jf_mean']:.3f}  J {s['j_mean']:.3f}  F {s['f_mean']:.3f}{extra}")
     frames_done = sum(r.get("frames") or 0 for r in rows if r["status"] == "ok")
-    click.echo(f"{counts['ok']} ok, {counts['failed']} failed, {frames_done} frames in {elapsed:.1f} s "
-               f"({elapsed / max(frames_done, 1):.3f} s/frame)")
-    click.echo(f"run: {run_uri}")
-    if fail_on_error and counts["failed"]:
+    elapsed = job["elapsed"]
+    skipped = f", {job['skipped']} skipped (done before)" if job["skipped"] else ""
+    click.echo(f"{counts['ok']} ok, {counts['failed']} failed{skipped}, {stats.retries} retried, {frames_done} frames "
+               f"in {elapsed:.1f} s ({elapsed / max(frames_done, 1):.3f} s/frame; driver overhead "
+               f"{stats.overhead_per_sequence_s:.2f} s/sequence)")
+    click.echo(f"run: {job['store'].uri}")
+    if fail_on_error and any(r["status"] != "ok" for r in job["all_rows"]):
         sys.exit(1)
 
 
@@ -244,7 +257,8 @@ def report(run, out, compare, data_root, sequences, curves, video_format, fps, w
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels.")
 @click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fast, raft-small, raft.")
 @click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
-@click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "none"]))
+@click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "crf", "none"]),
+              help="guided: edge-aware filter (default); crf: dense CRF (needs the crf extra); none.")
 @click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
 @click.option("--gt", "gt_folder", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of ground-truth PNGs named like the frames (00000.png... for a video): adds J&F.")
@@ -271,6 +285,36 @@ def segment(input_path, out, max_frames, max_height, work_height, flow, flow_wei
     except VosbatchError as e:
         raise click.ClickException(str(e))
     click.echo(format_summary(summary))
+
+
+@main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--threshold", default=0.01, show_default=True, type=click.FloatRange(min=0),
+              help="A drop of overall J&F (B - A) larger than this is a regression.")
+@click.option("--speed-threshold", type=click.FloatRange(min=0),
+              help="Also a regression: seconds per frame grow by more than this fraction (0.5 = 50% slower).")
+@click.option("--fail-on-regression", is_flag=True,
+              help="Exit with status 1 on a regression (J&F drop beyond --threshold, or a newly failing sequence).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write per-sequence deltas (.csv or .parquet).")
+@click.option("--s3-endpoint-url", help="S3-compatible server for s3:// runs (default: AWS, or $AWS_ENDPOINT_URL).")
+def compare(run_a, run_b, threshold, speed_threshold, fail_on_regression, out, s3_endpoint_url) -> None:
+    """Compare run B with baseline run A (local or s3://): per-sequence and overall J, F, J&F and
+    seconds-per-frame deltas (B - A), configuration differences, sequences failed or in one run only."""
+    from .compare import compare_uris, format_comparison, write_comparison
+    from .errors import VosbatchError
+
+    try:
+        result = compare_uris(run_a, run_b, s3_endpoint_url)
+        if out:
+            write_comparison(result, out)
+    except VosbatchError as e:
+        raise click.ClickException(str(e))
+    click.echo(format_comparison(result, threshold, speed_threshold))
+    if out:
+        click.echo(f"wrote {out}")
+    if fail_on_regression and result.regression_reasons(threshold, speed_threshold):
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import time
 import uuid
 from typing import Dict, Iterable, List, Optional
 
@@ -25,7 +27,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..errors import OutputError
+from .fs import filesystem_for
 from .png import encode_mask
+
+log = logging.getLogger(__name__)
+
+#: Whole-object attempts for one S3 PUT (the SDK also retries each request inside an attempt).
+PUT_ATTEMPTS = 5
+#: First backoff between attempts, doubled each time (seconds).
+PUT_BACKOFF_S = 0.5
 
 MASK_SCHEMA = pa.schema(
     [
@@ -55,51 +65,56 @@ METRIC_FIELDS = [
     ("init_f_mean", pa.float64()),
     ("seconds_by_stage", pa.string()),  # JSON {stage: seconds}
     ("peak_rss_gb", pa.float64()),  # peak resident memory of the worker process after this sequence
-    ("stage_scores", pa.string()),  # JSON {stage: {j_mean, f_mean}} for the method's intermediate masks
+    ("stage_scores", pa.string()),
+    ("windows", pa.int32()),  # how many overlapping windows the video was segmented in
+    ("window_overlap_iou", pa.float64()),  # mean IoU of consecutive windows' masks on their shared frames  # JSON {stage: {j_mean, f_mean}} for the method's intermediate masks
 ]
 METRIC_SCHEMA = pa.schema(METRIC_FIELDS)
 
 
 def _fs_and_path(uri: str, **s3_options):
-    if uri.startswith("s3://"):
-        # pyarrow ignores the AWS CLI's endpoint variables; honour them so S3-compatible stores
-        # (MinIO, Ceph, moto...) work from every command. Credentials come from the usual chain.
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint and "endpoint_override" not in s3_options:
-            scheme, _, host = endpoint.partition("://")
-            s3_options = dict(s3_options, endpoint_override=host or scheme, scheme=scheme if host else "https")
-        fs = pafs.S3FileSystem(**s3_options)
-        return fs, uri[len("s3://"):].rstrip("/")
-    path = os.path.abspath(os.path.expanduser(uri))
-    return pafs.LocalFileSystem(), path
+    return filesystem_for(uri, **s3_options)
 
 
 class RunStore:
     """Read and write one run's files, atomically per file."""
 
-    def __init__(self, run_uri: str, **s3_options) -> None:
+    def __init__(self, run_uri: str, endpoint_url: Optional[str] = None, **s3_options) -> None:
+        """``endpoint_url``: an S3-compatible server (MinIO, Ceph, moto...) instead of AWS; credentials
+        always come from the standard AWS chain (environment, profile, instance role), never from here."""
         self.uri = run_uri.rstrip("/")
+        if endpoint_url and run_uri.startswith("s3://"):
+            scheme, _, host = endpoint_url.partition("://")
+            s3_options = dict(s3_options, endpoint_override=host or scheme, scheme=scheme if host else "https")
         self.fs, self.root = _fs_and_path(run_uri, **s3_options)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     # -- low level -------------------------------------------------------------------------
     def _put_bytes(self, rel: str, data: bytes) -> None:
-        """Write a whole object. Local: temporary name + rename (atomic on POSIX); S3: one PUT
-        (an object is either there whole or not at all)."""
+        """Write a whole object. Local: temporary name + rename (atomic on POSIX). S3: one PUT of the
+        whole body (an object appears whole or not at all), retried with backoff on errors."""
         path = f"{self.root}/{rel}"
         parent = path.rsplit("/", 1)[0]
-        try:
-            if self.is_local:
+        if self.is_local:
+            try:
                 self.fs.create_dir(parent, recursive=True)
                 tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
                 with self.fs.open_output_stream(tmp) as f:
                     f.write(data)
                 os.replace(tmp, path)
-            else:
+            except (OSError, pa.ArrowException) as e:
+                raise OutputError(f"{self.uri}/{rel}: cannot write ({e})") from e
+            return
+        for attempt in range(1, PUT_ATTEMPTS + 1):
+            try:
                 with self.fs.open_output_stream(path) as f:
                     f.write(data)
-        except (OSError, pa.ArrowException) as e:
-            raise OutputError(f"{self.uri}/{rel}: cannot write ({e})") from e
+                return
+            except (OSError, pa.ArrowException) as e:
+                if attempt == PUT_ATTEMPTS:
+                    raise OutputError(f"{self.uri}/{rel}: cannot write after {attempt} attempts ({e})") from e
+                log.warning("%s/%s: PUT failed (attempt %d/%d): %s", self.uri, rel, attempt, PUT_ATTEMPTS, e)
+                time.sleep(PUT_BACKOFF_S * 2 ** (attempt - 1))
 
     def _put_table(self, rel: str, table: pa.Table) -> None:
         sink = io.BytesIO()
@@ -131,14 +146,21 @@ class RunStore:
 
     def write_masks(self, dataset: str, sequence: str, frame_names: List[str], masks: np.ndarray) -> None:
         t, h, w = masks.shape
+        self.write_mask_pngs(dataset, sequence, frame_names, [encode_mask(m) for m in masks], h, w,
+                             masks.reshape(t, -1).mean(1))
+
+    def write_mask_pngs(self, dataset: str, sequence: str, frame_names: List[str], pngs: List[bytes], height: int,
+                        width: int, foreground_fraction) -> None:
+        """Masks already PNG-encoded (long videos keep only these, a few KB per frame)."""
+        t = len(pngs)
         table = pa.table(
             {
                 "frame": pa.array(np.arange(t, dtype=np.int32)),
                 "frame_name": pa.array(frame_names, pa.string()),
-                "height": pa.array(np.full(t, h, np.int32)),
-                "width": pa.array(np.full(t, w, np.int32)),
-                "mask_png": pa.array([encode_mask(m) for m in masks], pa.binary()),
-                "foreground_fraction": pa.array(masks.reshape(t, -1).mean(1).astype(np.float32)),
+                "height": pa.array(np.full(t, height, np.int32)),
+                "width": pa.array(np.full(t, width, np.int32)),
+                "mask_png": pa.array(pngs, pa.binary()),
+                "foreground_fraction": pa.array(np.asarray(foreground_fraction, np.float32)),
             },
             schema=MASK_SCHEMA,
         )
@@ -159,6 +181,13 @@ class RunStore:
     def read_metrics(self) -> List[Dict]:
         rows = self._read_dataset("metrics").to_pylist()
         return sorted(rows, key=lambda r: (str(r.get("dataset")), str(r.get("sequence"))))
+
+    def completed(self, config_hash: str) -> set:
+        """(dataset, sequence) pairs finished with this configuration whose masks are stored: what a
+        resumed run skips. Failed rows, other configurations and metrics without masks are redone."""
+        rows = self._read_dataset("metrics", columns=["dataset", "sequence", "status", "config_hash"]).to_pylist()
+        done = {(r["dataset"], r["sequence"]) for r in rows if r["status"] == "ok" and r["config_hash"] == config_hash}
+        return {key for key in done if self.exists(self.partition("masks", *key))}
 
     def read_masks(self, dataset: Optional[str] = None, sequence: Optional[str] = None) -> pa.Table:
         flt = None

@@ -236,6 +236,40 @@ class SequenceScores:
         return row
 
 
+def frame_scores(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], first_index: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-frame J and F of paired masks (``first_index`` only numbers frames in error messages)."""
+    if len(preds) != len(gts):
+        raise ValueError(f"got {len(preds)} predicted frames but {len(gts)} ground-truth frames")
+    j_vals = np.empty(len(gts), dtype=np.float64)
+    f_vals = np.empty(len(gts), dtype=np.float64)
+    for k, (pred, gt) in enumerate(zip(preds, gts)):
+        try:
+            p, g = _pair(pred, gt)
+        except ValueError as exc:
+            raise ValueError(f"frame {first_index + k}: {exc}") from None
+        j_vals[k] = jaccard(p, g)
+        f_vals[k] = boundary_f(p, g)
+    return j_vals, f_vals
+
+
+def scores_from_frames(j_vals: np.ndarray, f_vals: np.ndarray) -> SequenceScores:
+    """Sequence statistics from the per-frame values of the scored frames (streamed evaluation of
+    long videos scores window by window, then calls this once)."""
+    j_vals, f_vals = np.asarray(j_vals, np.float64), np.asarray(f_vals, np.float64)
+    if j_vals.size == 0:
+        raise ValueError("cannot evaluate an empty sequence")
+    j_mean, j_recall, j_decay = statistics(j_vals)
+    f_mean, f_recall, f_decay = statistics(f_vals)
+    return SequenceScores(j_mean=j_mean, j_recall=j_recall, j_decay=j_decay, f_mean=f_mean, f_recall=f_recall,
+                          f_decay=f_decay, frames=int(j_vals.size), j_per_frame=j_vals, f_per_frame=f_vals)
+
+
+def scored_frames(n: int, exclude_first_last: bool = True) -> range:
+    """Which of n frames the protocol scores: DAVIS skips the first and the last frame (a sequence
+    of at most 2 frames would have nothing left, so it then scores all of them)."""
+    return range(1, n - 1) if exclude_first_last and n > 2 else range(n)
+
+
 def evaluate_sequence(
     preds: Sequence[np.ndarray],
     gts: Sequence[np.ndarray],
@@ -252,32 +286,9 @@ def evaluate_sequence(
         raise ValueError(f"got {n_pred} predicted frames but {n_gt} ground-truth frames")
     if n_gt == 0:
         raise ValueError("cannot evaluate an empty sequence")
-    if exclude_first_last and n_gt > 2:
-        scored = range(1, n_gt - 1)
-    else:
-        scored = range(n_gt)
-    j_vals = np.empty(len(scored), dtype=np.float64)
-    f_vals = np.empty(len(scored), dtype=np.float64)
-    for k, t in enumerate(scored):
-        try:
-            p, g = _pair(preds[t], gts[t])
-        except ValueError as exc:
-            raise ValueError(f"frame {t}: {exc}") from None
-        j_vals[k] = jaccard(p, g)
-        f_vals[k] = boundary_f(p, g)
-    j_mean, j_recall, j_decay = statistics(j_vals)
-    f_mean, f_recall, f_decay = statistics(f_vals)
-    return SequenceScores(
-        j_mean=j_mean,
-        j_recall=j_recall,
-        j_decay=j_decay,
-        f_mean=f_mean,
-        f_recall=f_recall,
-        f_decay=f_decay,
-        frames=len(scored),
-        j_per_frame=j_vals,
-        f_per_frame=f_vals,
-    )
+    scored = scored_frames(n_gt, exclude_first_last)
+    j_vals, f_vals = frame_scores([preds[t] for t in scored], [gts[t] for t in scored], first_index=scored.start)
+    return scores_from_frames(j_vals, f_vals)
 
 
 # --------------------------------------------------------------------------------------------------

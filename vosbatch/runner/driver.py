@@ -6,15 +6,26 @@ block splitting and streaming executor buy nothing while making per-sequence ret
 largest-first ordering harder. An actor pool keeps models loaded once per actor, pulls the next
 sequence as soon as it is free (longest first, to avoid a long tail), and streams each result to
 storage as it lands.
+
+Faults: when an actor dies mid-sequence (killed, out of memory, node lost) its sequence goes back to
+the front of the queue and a fresh actor replaces it, up to ``retries`` times per sequence; the
+sequence's files are only ever written whole, so a retry overwrites nothing half-done. A sequence
+that still fails gets a ``failed`` metrics row written by the driver.
 """
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from ..config import RunConfig
 from ..data.sequence import Sequence
 from .worker import failed_row
+
+# Environment every actor process needs, wherever it runs (see cli.py for why OMP threads sleep).
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _import_ray():
@@ -27,7 +38,8 @@ def _import_ray():
 class _Actor:
     """Holds the models for the lifetime of the actor; one sequence per call."""
 
-    def __init__(self, cfg: dict, run_uri: Optional[str], threads: int, flow_cache: Optional[str] = None) -> None:
+    def __init__(self, cfg: dict, run_uri: Optional[str], threads: int, flow_cache: Optional[str] = None,
+                 store_options: Optional[dict] = None) -> None:
         import torch
 
         from ..io.store import RunStore
@@ -36,7 +48,10 @@ class _Actor:
         torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS; torch needs telling too
         os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
         self.segmenter = VideoSegmenter(RunConfig(**cfg), flow_cache=flow_cache)
-        self.store = RunStore(run_uri) if run_uri else None
+        self.store = RunStore(run_uri, **(store_options or {})) if run_uri else None
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def process(self, seq: Sequence) -> Dict:
         from .worker import process_sequence
@@ -44,17 +59,60 @@ class _Actor:
         return process_sequence(self.segmenter, seq, self.store)
 
 
-def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None):
+def default_runtime_env(address: Optional[str]) -> Optional[dict]:
+    """What workers of an existing cluster need: this package's code (so every node runs the driver's
+    version, whether or not its image has vosbatch installed) and the worker environment. Its
+    third-party dependencies come from the cluster image (cluster/README.md)."""
+    if not address:
+        return None  # a local cluster's workers inherit the driver's environment and interpreter
+    return {"py_modules": [str(Path(__file__).resolve().parents[1])], "env_vars": dict(WORKER_ENV)}
+
+
+def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
+              runtime_env: Optional[dict] = None):
     ray = _import_ray()
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=True)
         if address:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address, runtime_env=runtime_env or default_runtime_env(address), **kwargs)
         else:
             # A local cluster needs only loopback: pinning the node address stops Ray from probing a
             # public DNS server to discover an external interface it has no use for.
-            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, _node_ip_address="127.0.0.1", **kwargs)
+            os.environ.update({k: v for k, v in WORKER_ENV.items() if k not in os.environ})
+            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, _node_ip_address="127.0.0.1",
+                     runtime_env=runtime_env, **kwargs)
     return ray
+
+
+@dataclass
+class RunStats:
+    """What the driver saw: wall time, time actors spent inside sequences, retries."""
+
+    wall_s: float = 0.0
+    actors: int = 0
+    busy_s: float = 0.0  # sum over sequences of their in-actor seconds
+    retries: int = 0
+    sequences: int = 0
+    events: List[str] = field(default_factory=list)
+
+    @property
+    def overhead_per_sequence_s(self) -> float:
+        """Actor-seconds not spent inside a sequence (startup, model loading, scheduling, transfers),
+        per sequence: the price of distributing the work."""
+        return max(0.0, self.wall_s * self.actors - self.busy_s) / max(1, self.sequences)
+
+
+def _record_failure(store, seq: Sequence, row: Dict) -> None:
+    """Write a failed row; if even that cannot be stored the row still reaches the caller (and the
+    sequence, having no ``ok`` metrics, is redone by a resumed run)."""
+    from ..errors import OutputError
+
+    if store is None:
+        return
+    try:
+        store.write_metrics(seq.dataset, seq.name, row)
+    except OutputError as e:
+        row["error"] = f"{row['error']}; and its metrics could not be stored: {e}"
 
 
 def run_sequences(
@@ -66,19 +124,43 @@ def run_sequences(
     address: Optional[str] = None,
     on_result: Optional[Callable[[Dict], None]] = None,
     flow_cache: Optional[str] = None,
+    cpus_per_worker: Optional[int] = None,
+    retries: int = 2,
+    store_options: Optional[dict] = None,
+    runtime_env: Optional[dict] = None,
+    on_retry: Optional[Callable[[Sequence, str], None]] = None,
+    stats: Optional[RunStats] = None,
 ) -> List[Dict]:
-    """Process all sequences on ``workers`` CPU actors (or ``gpus`` GPU actors); returns rows."""
-    ray = start_ray(address, num_gpus=gpus or None)
+    """Process all sequences on ``workers`` CPU actors (or ``gpus`` GPU actors); returns their rows.
+
+    ``cpus_per_worker`` fixes each CPU actor's threads (default: the cluster's CPUs shared out).
+    """
+    stats = stats if stats is not None else RunStats()
+    ray = start_ray(address, num_gpus=gpus or None, runtime_env=runtime_env)
+    t_start = time.perf_counter()  # Ray's own start-up is a fixed cost, not a per-sequence one
+    from ray.exceptions import RayActorError, WorkerCrashedError
+
+    died = (RayActorError, WorkerCrashedError) + tuple(
+        getattr(ray.exceptions, n) for n in ("OutOfMemoryError", "NodeDiedError") if hasattr(ray.exceptions, n))
     total_cpus = int(ray.cluster_resources().get("CPU", 1))
     n_actors = max(1, gpus or workers)
-    threads = max(1, total_cpus // n_actors)
-    actor_cls = ray.remote(_Actor).options(num_cpus=threads if not gpus else 1, num_gpus=1 if gpus else 0, max_restarts=1)
-    actors = [actor_cls.remote(cfg.to_dict(), run_uri, threads, flow_cache) for _ in range(min(n_actors, max(1, len(sequences))))]
+    threads = cpus_per_worker or max(1, total_cpus // n_actors)
+    actor_cls = ray.remote(_Actor).options(num_cpus=threads if not gpus else (cpus_per_worker or 1),
+                                           num_gpus=1 if gpus else 0, max_restarts=0)
+    args = (cfg.to_dict(), run_uri, threads, flow_cache, store_options)
+    store = None
+    if run_uri:
+        from ..io.store import RunStore
+
+        store = RunStore(run_uri, **(store_options or {}))
     queue = sorted(sequences, key=lambda s: -s.num_frames)  # longest first: no long tail at the end
+    actors = [actor_cls.remote(*args) for _ in range(min(n_actors, max(1, len(queue))))]
+    stats.actors, stats.sequences = len(actors), len(queue)
+    attempts: Dict[str, int] = {}
     in_flight: Dict = {}
     rows: List[Dict] = []
 
-    def submit(actor):
+    def submit(actor) -> None:
         if queue:
             seq = queue.pop(0)
             in_flight[actor.process.remote(seq)] = (actor, seq)
@@ -91,10 +173,29 @@ def run_sequences(
         actor, seq = in_flight.pop(ref)
         try:
             row = ray.get(ref)
-        except Exception as e:  # the actor died or the task raised outside our handlers
+        except died as e:  # the process holding the sequence is gone: replace it, retry the sequence
+            key = f"{seq.dataset}/{seq.name}"
+            attempts[key] = attempts.get(key, 0) + 1
+            reason = f"worker died on {seq.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ray.kill(actor, no_restart=True)
+            actor = actor_cls.remote(*args)
+            if attempts[key] <= retries:
+                stats.retries += 1
+                stats.events.append(f"retry {attempts[key]}/{retries} {key}: {reason}")
+                if on_retry:
+                    on_retry(seq, reason)
+                queue.insert(0, seq)
+                submit(actor)
+                continue
+            row = failed_row(seq, cfg, f"{reason} (gave up after {retries} retries)")
+            _record_failure(store, seq, row)
+        except Exception as e:  # the task raised outside the worker's own handlers
             row = failed_row(seq, cfg, f"worker error on {seq.name}: {type(e).__name__}: {e}")
+            _record_failure(store, seq, row)
+        stats.busy_s += float(row.get("seconds") or 0.0)
         rows.append(row)
         if on_result:
             on_result(row)
         submit(actor)
+    stats.wall_s = time.perf_counter() - t_start
     return rows

@@ -1,7 +1,12 @@
 """One sequence, start to finish, on whichever process holds a :class:`VideoSegmenter`.
 
+Long videos are segmented window by window (:mod:`.windows`): only one window's frames, flows and
+masks are in memory at a time; what is kept of each window is its PNG-encoded masks and per-frame
+scores, so memory does not grow with the length of the video.
+
 Every failure that belongs to the input (or to writing it) turns into a ``failed`` metrics row with
-the message; nothing here lets one bad sequence stop a batch.
+the message; nothing here lets one bad sequence stop a batch. Masks are written before metrics, so a
+sequence whose metrics say ``ok`` always has its masks (what a resumed run relies on).
 """
 from __future__ import annotations
 
@@ -9,16 +14,22 @@ import json
 import resource
 import time
 import traceback
-from typing import Dict, Optional
+from collections import defaultdict
+from typing import Dict, List, Optional
 
+import numpy as np
 
 from ..config import RunConfig
 from ..data.sequence import Sequence
-from ..errors import VosbatchError
+from ..errors import InputError, VosbatchError
+from ..io.png import encode_mask
 from ..io.priors import load_prior_masks
 from ..io.store import RunStore
-from ..metrics import evaluate_sequence
+from ..metrics import frame_scores, scored_frames, scores_from_frames
 from ..pipeline import VideoSegmenter
+from .windows import plan_windows
+
+SCORE_KEYS = ("j_mean", "j_recall", "j_decay", "f_mean", "f_recall", "f_decay")
 
 
 def failed_row(seq: Sequence, cfg: RunConfig, error: str, seconds: float = 0.0) -> Dict:
@@ -28,49 +39,122 @@ def failed_row(seq: Sequence, cfg: RunConfig, error: str, seconds: float = 0.0) 
     }
 
 
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class _StageScores:
+    """Per-frame J/F of one stage's masks, accumulated window by window on the scored frames."""
+
+    def __init__(self) -> None:
+        self.frames: List[int] = []
+        self.j: List[np.ndarray] = []
+        self.f: List[np.ndarray] = []
+
+    def add(self, frame_ids: List[int], preds: List[np.ndarray], gts: List[np.ndarray]) -> None:
+        if frame_ids:
+            j, f = frame_scores(preds, gts, first_index=frame_ids[0])
+            self.frames += frame_ids
+            self.j.append(j)
+            self.f.append(f)
+
+    def result(self):
+        return scores_from_frames(np.concatenate(self.j), np.concatenate(self.f)) if self.frames else None
+
+
+def segment_sequence(segmenter: VideoSegmenter, seq: Sequence, seconds: Dict[str, float]) -> Dict:
+    """Segment ``seq`` window by window. Returns the PNG masks, their size, foreground fractions,
+    per-stage scores (when GT exists) and the windows' overlap agreement; adds timings to ``seconds``."""
+    cfg = segmenter.cfg
+    seq.check()
+    n = seq.num_frames
+    names = seq.frame_names
+    windows = plan_windows(n, cfg.window_frames, cfg.window_overlap)
+    scored = set(scored_frames(n, getattr(seq, "exclude_first_last", True)))
+    pngs: List[bytes] = []
+    fg: List[float] = []
+    scores: Dict[str, _StageScores] = defaultdict(_StageScores)
+    overlap_ious: List[float] = []
+    carried: Optional[np.ndarray] = None  # the previous window's masks on frames the next window also covers
+    carried_start = 0
+    size = None
+    for wi, win in enumerate(windows):
+        t0 = time.perf_counter()
+        frames = seq.load_frames(win.start, win.stop) if len(windows) > 1 else seq.load_frames()
+        if size is None:
+            size = frames.shape[1:3]
+        elif frames.shape[1:3] != size:
+            raise InputError(f"{seq.name}: frame size changes at frame {win.start} (from {size[1]}x{size[0]})")
+        gt = seq.load_gt(size, win.start, win.stop) if len(windows) > 1 else seq.load_gt(size)
+        prior = load_prior_masks(cfg.refine_from, seq.dataset, seq.name, names[win.start:win.stop]) if cfg.refine_from else None
+        seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - t0
+        result = segmenter.segment(frames, prior=prior)
+        for k, v in result.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+        t0 = time.perf_counter()
+        if carried is not None:  # agreement of the two windows on their shared frames
+            shared = result.masks[: len(carried)]
+            inter = (shared & carried).sum()
+            union = (shared | carried).sum()
+            overlap_ious.append(float(inter / union) if union else 1.0)
+        keep = slice(win.keep_start - win.start, win.keep_stop - win.start)
+        kept = result.masks[keep]
+        pngs += [encode_mask(m) for m in kept]
+        fg += kept.reshape(len(kept), -1).mean(1).tolist()
+        if wi + 1 < len(windows):
+            carried_start = windows[wi + 1].start
+            carried = result.masks[carried_start - win.start:].copy()
+        if gt is not None:
+            ids = [t for t in range(win.keep_start, win.keep_stop) if t in scored and gt[t - win.start] is not None]
+            gts = [gt[t - win.start] for t in ids]
+            for stage, masks in [("final", result.masks), *result.stage_masks.items()]:
+                scores[stage].add(ids, [masks[t - win.start] for t in ids], gts)
+        seconds["eval"] = seconds.get("eval", 0.0) + time.perf_counter() - t0
+        del frames, gt, prior, result
+    return {"pngs": pngs, "size": size, "fg": fg, "scores": {k: v.result() for k, v in scores.items()},
+            "windows": len(windows), "overlap_ious": overlap_ious}
+
+
 def process_sequence(segmenter: VideoSegmenter, seq: Sequence, store: Optional[RunStore]) -> Dict:
     """Segment, score (when GT exists) and store one sequence; returns its metrics row."""
     cfg = segmenter.cfg
     t0 = time.perf_counter()
     try:
-        t_load = time.perf_counter()
-        frames = seq.load_frames()
-        gt = seq.load_gt(frames.shape[1:3])
-        load_s = time.perf_counter() - t_load
-        prior = None
-        if cfg.refine_from:
-            prior = load_prior_masks(cfg.refine_from, seq.dataset, seq.name, seq.frame_names)
-        result = segmenter.segment(frames, prior=prior)
+        seconds: Dict[str, float] = {}
+        out = segment_sequence(segmenter, seq, seconds)
         row = {
-            "dataset": seq.dataset, "sequence": seq.name, "method": cfg.method, "frames": int(len(frames)),
-            "status": "ok", "error": None, "config_hash": cfg.digest(),
+            "dataset": seq.dataset, "sequence": seq.name, "method": cfg.method, "frames": len(out["pngs"]),
+            "status": "ok", "error": None, "config_hash": cfg.digest(), "windows": out["windows"],
         }
-        t_eval = time.perf_counter()
-        if gt is not None:
-            scores = evaluate_sequence(list(result.masks), gt)
-            row.update({k: float(getattr(scores, k)) for k in ("j_mean", "j_recall", "j_decay", "f_mean", "f_recall", "f_decay")})
+        final = out["scores"].get("final")
+        if final is not None:
+            row.update({k: float(getattr(final, k)) for k in SCORE_KEYS})
             # every intermediate stage the method reports (init, IKE cycles...) is scored the same way
-            stage_scores = {}
-            for stage, stage_masks in result.stage_masks.items():
-                s = evaluate_sequence(list(stage_masks), gt)
-                stage_scores[stage] = {"j_mean": round(float(s.j_mean), 5), "f_mean": round(float(s.f_mean), 5)}
+            stage_scores = {stage: {"j_mean": round(float(s.j_mean), 5), "f_mean": round(float(s.f_mean), 5)}
+                            for stage, s in out["scores"].items() if stage != "final" and s is not None}
             if "init" in stage_scores:
                 row.update(init_j_mean=stage_scores["init"]["j_mean"], init_f_mean=stage_scores["init"]["f_mean"])
             if stage_scores:
                 row["stage_scores"] = json.dumps(stage_scores)
-        seconds = {"load": load_s, **result.seconds, "eval": time.perf_counter() - t_eval}
+        if out["overlap_ious"]:
+            row["window_overlap_iou"] = float(np.mean(out["overlap_ious"]))
         if store is not None:
             t_w = time.perf_counter()
-            store.write_masks(seq.dataset, seq.name, seq.frame_names, result.masks)
+            h, w = out["size"]
+            store.write_mask_pngs(seq.dataset, seq.name, seq.frame_names, out["pngs"], h, w, out["fg"])
             seconds["write"] = time.perf_counter() - t_w
         row["seconds"] = time.perf_counter() - t0
         row["seconds_by_stage"] = json.dumps({k: round(v, 4) for k, v in seconds.items()})
-        row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # this worker, so far
+        row["peak_rss_gb"] = peak_rss_gb()  # this worker, so far
     except VosbatchError as e:
         row = failed_row(seq, cfg, str(e), time.perf_counter() - t0)
     except Exception as e:  # a bug or an unexpected library error: record it, keep the batch going
         tb = traceback.format_exc(limit=3)
         row = failed_row(seq, cfg, f"{type(e).__name__}: {e} [{seq.name}]\n{tb}", time.perf_counter() - t0)
     if store is not None:
-        store.write_metrics(seq.dataset, seq.name, row)
+        try:
+            store.write_metrics(seq.dataset, seq.name, row)
+        except VosbatchError as e:  # the row still reaches the driver, which reports it
+            row = failed_row(seq, cfg, f"metrics not stored: {e}", row.get("seconds") or 0.0)
     return row
