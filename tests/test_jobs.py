@@ -1,0 +1,231 @@
+"""The batch jobs in jobs/: the nightly benchmark end to end on local Ray, its baseline search (local
+and S3), and the exact submit commands both jobs build, checked against the real ``submit`` parser.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vosbatch.io.store import RunStore
+from vosbatch.testing.synthetic import make_video, write_davis_fixture
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = REPO.parent / "shared" / "tools" / "loopback-ns"
+
+
+def load_job(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+nightly = load_job("nightly_benchmark")
+pseudo = load_job("pseudo_label")
+
+
+def run_job(script, *args, env=None):
+    """Run jobs/SCRIPT as a user would; RAY_ADDRESS only when ``env`` sets it (local Ray otherwise)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    full_env.update(env or {}, RAY_USAGE_STATS_ENABLED="0", OMP_WAIT_POLICY="PASSIVE", PYTHONWARNINGS="ignore")
+    env = full_env
+    return subprocess.run([sys.executable, str(REPO / "jobs" / script), *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=REPO)
+
+
+def submit_accepts(args):
+    """Parse ``args`` with the real ``vosbatch submit`` options (nothing runs)."""
+    from vosbatch.cli import submit
+
+    submit.make_context("submit", list(args))
+
+
+# --------------------------------------------------------------------------------------------------
+# Nightly benchmark end to end
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.ray
+@pytest.mark.slow
+def test_nightly_passes_then_compares_then_fails_on_a_regression(tmp_path):
+    vids = {"walker": make_video(frames=5, size=(48, 64), obj_size=(11, 15), seed=1),
+            "runner": make_video(frames=5, size=(48, 64), obj_size=(11, 15), obj_velocity=(-2.5, 0.5),
+                                 bg_velocity=(1.0, 0.0), start=(25, 45), seed=2)}
+    root = write_davis_fixture(tmp_path / "DAVIS", vids)
+    out = tmp_path / "nightly"
+    config = tmp_path / "nightly.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "test", "output": str(out), "threshold": 0.01, "workers": 1,
+        "submit": {"work_height": 48, "params": {"grid_stride": 4, "opt_stride": 2}},
+        "datasets": [{"name": "davis2016", "data_root": str(root), "split": "val"}]}))
+
+    def meta(tag):
+        return json.loads((out / f"nightly-{tag}-davis2016" / "nightly.json").read_text())
+
+    first = run_job("nightly_benchmark.py", "--config", config, "--tag", "n1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "no earlier passing nightly run of suite 'test'" in first.stderr
+    assert meta("n1")["status"] == "passed" and meta("n1")["baseline"] is None
+    assert json.loads((out / "nightly-n1-davis2016" / "run.json").read_text())["sequences_ok"] == 2
+
+    second = run_job("nightly_benchmark.py", "--config", config, "--tag", "n2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"A (baseline):  {out / 'nightly-n1-davis2016'}" in second.stdout
+    assert "configuration: identical" in second.stdout and "no regression (threshold 0.010)" in second.stdout
+    assert meta("n2")["status"] == "passed" and meta("n2")["baseline"] == str(out / "nightly-n1-davis2016")
+    assert (out / "nightly-n2-davis2016" / "nightly-compare.csv").is_file()
+
+    # make night 2 look perfect: night 3, identical in fact, is now a regression on both sequences
+    store = RunStore(str(out / "nightly-n2-davis2016"))
+    for row in store.read_metrics():
+        row.update(j_mean=1.0, f_mean=1.0)
+        store.write_metrics(row.pop("dataset"), row.pop("sequence"), row)
+    third = run_job("nightly_benchmark.py", "--config", config, "--tag", "n3")
+    assert third.returncode == 1, third.stdout + third.stderr
+    assert f"A (baseline):  {out / 'nightly-n2-davis2016'}" in third.stdout
+    assert "regressed sequences (ΔJ&F < -0.010): davis2016/runner" in third.stdout
+    assert "REGRESSION: overall J&F 1.000 -> " in third.stdout
+    assert "1 of 1 datasets did not pass: davis2016 (regressed)" in third.stderr
+    assert meta("n3")["status"] == "regressed" and "runner" in meta("n3")["regressed_sequences"]
+
+    # the regressed night is no baseline: the next night still compares with night 2
+    dry = run_job("nightly_benchmark.py", "--config", config, "--tag", "n4", "--dry-run")
+    assert dry.returncode == 0 and f"compare {out / 'nightly-n2-davis2016'} {out / 'nightly-n4-davis2016'}" in dry.stdout
+    assert not (out / "nightly-n4-davis2016").exists()  # a dry run writes nothing
+
+
+# --------------------------------------------------------------------------------------------------
+# Nightly: commands and baseline search (no Ray)
+# --------------------------------------------------------------------------------------------------
+def test_nightly_dry_run_builds_one_submit_per_dataset(tmp_path):
+    config = tmp_path / "n.yaml"
+    config.write_text(yaml.safe_dump({
+        "output": "s3://nightly-jobs/nightly", "gpus": 2, "threshold": 0.02,
+        "submit": {"flow": "raft-small", "params": {"lam": 0.5, "optimise": True}},
+        "datasets": [{"name": "davis2016", "data_root": "${DAVIS_TEST_ROOT}"},
+                     {"name": "fbms59", "data_root": "${UNSET_TEST_ROOT}", "split": "test", "gpus": 0, "workers": 3,
+                      "sequences": ["cars1", "cars2"], "submit": {"flow": "dis"}}]}))
+    cfg = nightly.load_config(config)
+    plans = nightly.plan_datasets(cfg, "20260101-020000", ["--work-height", "96"], on_cluster=True)
+    assert [p.run_id for p in plans] == ["nightly-20260101-020000-davis2016", "nightly-20260101-020000-fbms59"]
+    assert plans[1].run_uri == "s3://nightly-jobs/nightly/nightly-20260101-020000-fbms59"
+    davis, fbms = (p.command[4:] for p in plans)  # after `python -m vosbatch.cli submit`
+    assert plans[0].command[1:4] == ["-m", "vosbatch.cli", "submit"]
+    assert davis == ["--dataset", "davis2016", "--gpus", "2", "--flow", "raft-small", "-p", "lam=0.5", "-p", "optimise=true",
+                     "--output", "s3://nightly-jobs/nightly", "--run-id", "nightly-20260101-020000-davis2016",
+                     "--address", "auto", "--fail-on-error", "--no-progress", "--work-height", "96"]
+    assert fbms[:8] == ["--dataset", "fbms59", "--split", "test", "--sequences", "cars1,cars2", "--workers", "3"]
+    assert "--data-root" not in fbms and "--gpus" not in fbms and fbms[fbms.index("--flow") + 1] == "dis"
+    for p in plans:
+        submit_accepts(p.command[4:])
+
+    shipped = nightly.load_config(REPO / "jobs" / "nightly.yaml")  # the config in jobs/ builds valid commands too
+    assert [d["name"] for d in shipped["datasets"]] == ["davis2016", "segtrackv2", "fbms59"]
+    for p in nightly.plan_datasets(shipped, "t", [], on_cluster=False):
+        submit_accepts(p.command[4:])
+
+    res = run_job("nightly_benchmark.py", "--config", config, "--tag", "t", "--dry-run", "--datasets", "davis2016",
+                  "--output", tmp_path / "out", env={"DAVIS_TEST_ROOT": "/data/davis", "RAY_ADDRESS": "127.0.0.1:6379"})
+    assert res.returncode == 0, res.stderr
+    assert "--data-root /data/davis" in res.stdout and "--address auto" in res.stdout and "fbms59" not in res.stdout
+    res = run_job("nightly_benchmark.py", "--config", config, "--dry-run", "--datasets", "nope")
+    assert res.returncode == 2 and "nope" in res.stderr
+
+
+def make_night(output, tag, dataset="davis2016", suite="default", status="passed", started="2026-01-01T02:00:00",
+               config_hash="h1", run_status="done", endpoint=None):
+    """The two files the baseline search reads: run.json and nightly.json."""
+    uri = nightly.join_uri(str(output), f"nightly-{tag}-{dataset}")
+    nightly.run_store(uri, endpoint).write_run_info({"run_id": f"nightly-{tag}-{dataset}", "dataset": dataset,
+                                                     "status": run_status, "started": started,
+                                                     "config_hash": config_hash})
+    nightly.write_file(uri, "nightly.json", json.dumps({"suite": suite, "status": status}).encode(), endpoint)
+    return uri
+
+
+def test_baseline_is_the_latest_passing_night_of_the_same_suite_and_dataset(tmp_path):
+    out = tmp_path / "out"
+    assert nightly.find_baseline(str(out), "davis2016", "default", "x") is None  # no output folder yet
+    old = make_night(out, "a", started="2026-01-01T02:00:00")
+    new = make_night(out, "b", started="2026-01-02T02:00:00", config_hash="h2")
+    make_night(out, "c", started="2026-01-03T02:00:00", status="regressed")
+    make_night(out, "d", started="2026-01-04T02:00:00", suite="raft")
+    make_night(out, "e", started="2026-01-05T02:00:00", dataset="fbms59")
+    make_night(out, "f", started="2026-01-06T02:00:00", run_status="running")
+    (out / "unrelated").mkdir()
+    assert nightly.find_baseline(str(out), "davis2016", "default", "nightly-z-davis2016") == new
+    assert nightly.find_baseline(str(out), "davis2016", "default", "nightly-b-davis2016") == old  # not itself
+    assert nightly.find_baseline(str(out), "davis2016", "default", "x", config_hash="h1") == old
+    assert nightly.find_baseline(str(out), "davis2016", "raft", "x").endswith("nightly-d-davis2016")
+    assert nightly.find_baseline(str(out), "fbms59", "default", "x").endswith("nightly-e-fbms59")
+
+
+def test_baseline_search_on_s3(tmp_path):
+    if LOOPBACK.exists() and os.environ.get("LOOPBACK_NS_INSIDE") != "1":
+        pytest.skip(f"starts a local S3 server: run inside {LOOPBACK}")
+    pafs = pytest.importorskip("pyarrow.fs")
+    moto_server = pytest.importorskip("moto.server")
+    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    srv.start()
+    keys = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        host, port = srv.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        pafs.S3FileSystem(allow_bucket_creation=True, endpoint_override=f"{host}:{port}", scheme="http",
+                          region="us-east-1").create_dir("nightly-jobs")
+        make_night("s3://nightly-jobs/nightly", "a", started="2026-01-01T02:00:00", endpoint=endpoint)
+        make_night("s3://nightly-jobs/nightly", "b", started="2026-01-02T02:00:00", status="failed", endpoint=endpoint)
+        assert nightly.list_run_names("s3://nightly-jobs/nightly", endpoint) == ["nightly-a-davis2016", "nightly-b-davis2016"]
+        assert nightly.find_baseline("s3://nightly-jobs/nightly", "davis2016", "default", "x", endpoint_url=endpoint) == \
+            "s3://nightly-jobs/nightly/nightly-a-davis2016"
+        assert nightly.list_run_names("s3://nightly-jobs/elsewhere", endpoint) == []
+    finally:
+        srv.stop()
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pseudo-labelling job: the submit command it builds
+# --------------------------------------------------------------------------------------------------
+def test_pseudo_label_builds_the_submit_command():
+    args = pseudo.parse_args(["--input", "s3://bucket/videos/", "--input", "more.parquet", "--output", "s3://bucket/pl",
+                              "--gpus", "8", "--flow", "raft-small", "-p", "lam=0.5",
+                              "--s3-endpoint-url", "http://minio:9000", "--", "--window-frames", "100"])
+    cmd = pseudo.build_submit_command(args, "pseudo-1", on_cluster=True)
+    assert cmd[:4] == [sys.executable, "-m", "vosbatch.cli", "submit"]
+    assert cmd[4:] == ["--input", "s3://bucket/videos/", "--input", "more.parquet", "--output", "s3://bucket/pl",
+                       "--run-id", "pseudo-1", "--gpus", "8", "--flow", "raft-small", "--s3-endpoint-url",
+                       "http://minio:9000", "-p", "lam=0.5", "--address", "auto", "--no-progress",
+                       "--window-frames", "100"]
+    resumed = pseudo.parse_args(["--input", "m.csv", "--output", "out", "--workers", "3", "--resume", "pseudo-7"])
+    assert pseudo.run_id_of(resumed) == "pseudo-7"
+    cmd = pseudo.build_submit_command(resumed, pseudo.run_id_of(resumed), on_cluster=False)
+    assert cmd[4:] == ["--input", "m.csv", "--output", "out", "--resume", "pseudo-7", "--workers", "3", "--no-progress"]
+    from vosbatch.cli import submit
+
+    names = {opt for p in submit.params for opt in p.opts}
+    if not {"--input", "--resume", "--s3-endpoint-url"} <= names:
+        pytest.skip("vosbatch submit has no --input/--resume/--s3-endpoint-url yet")
+    for built in (pseudo.build_submit_command(args, "pseudo-1", True), cmd):
+        submit_accepts(built[4:])
+
+
+def test_pseudo_label_arguments_and_dry_run():
+    with pytest.raises(SystemExit):
+        pseudo.parse_args(["--input", "a", "--output", "o", "--gpus", "1", "--workers", "2"])
+    with pytest.raises(SystemExit):
+        pseudo.parse_args(["--input", "a", "--output", "o", "--resume", "r", "--run-id", "s"])
+    import datetime as dt
+
+    args = pseudo.parse_args(["--input", "a.mp4", "--output", "o"])
+    assert pseudo.run_id_of(args, dt.datetime(2026, 1, 2, 3, 4, 5)) == "pseudo-20260102-030405"
+    res = run_job("pseudo_label.py", "--input", "a b.mp4", "--output", "s3://b/p", "--run-id", "r1", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("submit --input 'a b.mp4' --output s3://b/p --run-id r1 --no-progress")
