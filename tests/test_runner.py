@@ -325,3 +325,23 @@ def pa_buffer(data: bytes):
     import pyarrow as pa
 
     return pa.BufferReader(data)
+
+
+def test_inside_a_ray_job_submit_leaves_the_jobs_own_runtime_env_settings_alone(monkeypatch):
+    """A `ray job submit --runtime-env ...` driver: Ray refuses to merge a ray.init runtime env that
+    repeats a field or variable of the job's, so submit's default drops what the job already sets."""
+    from ray.runtime_env.runtime_env import _merge_runtime_env
+
+    from vosbatch.runner.driver import default_runtime_env
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    plain = default_runtime_env("auto")
+    assert plain["py_modules"] and plain["env_vars"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert default_runtime_env(None) is None  # a local cluster inherits the driver's environment
+    job = {"working_dir": ".", "env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    assert _merge_runtime_env(job, plain) is None  # the conflict this avoids
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": job}))
+    inside = default_runtime_env("auto")
+    assert "py_modules" not in inside and "OMP_WAIT_POLICY" not in inside["env_vars"]
+    merged = _merge_runtime_env(job, inside)
+    assert merged is not None and merged["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"

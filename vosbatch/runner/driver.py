@@ -59,13 +59,37 @@ class _Actor:
         return process_sequence(self.segmenter, seq, self.store)
 
 
+def _job_runtime_env() -> dict:
+    """The runtime env of the Ray job this driver runs in (``ray job submit --runtime-env ...``), if any."""
+    import json
+
+    blob = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job manager for job drivers
+    if not blob:
+        return {}
+    try:
+        return json.loads(blob).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return {}
+
+
 def default_runtime_env(address: Optional[str]) -> Optional[dict]:
     """What workers of an existing cluster need: this package's code (so every node runs the driver's
     version, whether or not its image has vosbatch installed) and the worker environment. Its
-    third-party dependencies come from the cluster image (cluster/README.md)."""
+    third-party dependencies come from the cluster image (cluster/README.md).
+
+    Inside a Ray job, Ray refuses to merge a driver's runtime env that sets a field or variable the
+    job's already sets, so whatever the job provides (its ``working_dir``/``py_modules``, its
+    variables) is left to the job."""
     if not address:
         return None  # a local cluster's workers inherit the driver's environment and interpreter
-    return {"py_modules": [str(Path(__file__).resolve().parents[1])], "env_vars": dict(WORKER_ENV)}
+    job = _job_runtime_env()
+    env: dict = {}
+    if not ({"py_modules", "working_dir"} & set(job)):
+        env["py_modules"] = [str(Path(__file__).resolve().parents[1])]
+    env_vars = {k: v for k, v in WORKER_ENV.items() if k not in (job.get("env_vars") or {})}
+    if env_vars:
+        env["env_vars"] = env_vars
+    return env or None
 
 
 def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
