@@ -57,16 +57,42 @@ def throughput(args) -> dict:
     return out
 
 
-def memory(args) -> dict:
-    from vosbatch.testing.synthetic import write_video_file, make_video_stream
+def write_long_video(path: Path, n: int, size=(480, 854), fps: int = 25, seed: int = 0) -> None:
+    """A textured ellipse circling over a panning textured background, rendered and encoded frame by
+    frame (the script itself never holds the video)."""
+    import av
+    import numpy as np
 
+    from vosbatch.testing.synthetic import _shift, texture
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    bg, fg = texture(h, w, rng, 6.0, (0.6, 0.9, 0.7)), texture(h, w, rng, 2.0, (1.0, 0.6, 0.5))
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for t in range(n):
+            phase = 2 * np.pi * t / 200
+            oy, ox = h * (0.5 + 0.2 * np.sin(phase)), w * (0.5 + 0.3 * np.cos(phase))
+            inside = ((ys - oy) / (h * 0.15)) ** 2 + ((xs - ox) / (w * 0.1)) ** 2 <= 1.0
+            bgt = _shift(bg, 20 * np.sin(phase / 2), 5 * np.cos(phase / 3))
+            fgt = _shift(fg, ox - w / 2, oy - h / 2)
+            img = np.clip(np.where(inside[..., None], fgt, bgt), 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def memory(args) -> dict:
     folder = Path(args.output).resolve() / "scaling-videos"
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for n in (args.short, args.long):
         path = folder / f"synthetic-{n}.mp4"
         if not path.exists():
-            write_video_file(path, make_video_stream(n, size=(480, 854), seed=0), fps=25)
+            write_long_video(path, n)
         run_id = f"memory-{n}-{time.strftime('%H%M%S')}"
         secs = submit("--input", str(path), "--output", args.output, "--run-id", run_id, "--workers", "1")
         row = metrics(Path(args.output).resolve() / run_id)[0]

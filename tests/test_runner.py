@@ -345,3 +345,31 @@ def test_inside_a_ray_job_submit_leaves_the_jobs_own_runtime_env_settings_alone(
     assert "py_modules" not in inside and "OMP_WAIT_POLICY" not in inside["env_vars"]
     merged = _merge_runtime_env(job, inside)
     assert merged is not None and merged["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+
+
+@pytest.mark.ray
+def test_submit_inputs_in_windows_and_fbms_scored_on_its_annotated_frames(tmp_path):
+    """`--input` (a video file and a frame folder) through windows, and `--dataset fbms59` whose GT
+    exists on every 20th frame only: both through the real command."""
+    from vosbatch.testing.synthetic import write_fbms59_fixture, write_video_file
+
+    vid = make_video(frames=30, size=(64, 96), obj_velocity=(1.0, 0.3), bg_velocity=(-0.5, 0.0), seed=7)
+    write_video_file(tmp_path / "clip.mp4", vid.frames, fps=10)
+    frames = write_davis_fixture(tmp_path / "D", {"folder": make_video(frames=9, size=(64, 96), seed=8)})
+    runs = tmp_path / "runs"
+    vosbatch("submit", "--input", tmp_path / "clip.mp4", "--input", frames / "JPEGImages/480p/folder", "--output", runs,
+             "--run-id", "inputs", "--no-progress", "--window-frames", 12, "--window-overlap", 4, *SMALL)
+    masks, metrics = _tables(runs / "inputs")
+    assert set(metrics) == {"clip", "folder"} and all(r["status"] == "ok" for r in metrics.values())
+    assert metrics["clip"]["windows"] == len(plan_windows(30, 12, 4)) > 1 and metrics["folder"]["windows"] == 1
+    assert metrics["clip"]["window_overlap_iou"] > 0.5 and metrics["clip"]["j_mean"] is None  # no GT: no scores
+    clip = np.stack([decode_mask(m["mask_png"]) for m in masks if m["sequence"] == "clip"])
+    iou = (clip & vid.masks).sum() / (clip | vid.masks).sum()
+    assert clip.shape == (30, 64, 96) and iou > 0.6
+    fbms = write_fbms59_fixture(tmp_path / "FBMS", {"cars": make_video(frames=45, size=(64, 96), obj_velocity=(1.0, 0.2),
+                                                                       seed=9)}, every=20)
+    res = vosbatch("submit", "--dataset", "fbms59", "--data-root", fbms, "--output", runs, "--run-id", "fbms",
+                   "--no-progress", *SMALL)
+    _, rows = _tables(runs / "fbms")
+    assert rows["cars"]["status"] == "ok" and rows["cars"]["frames"] == 45
+    assert rows["cars"]["j_mean"] > 0.5 and "cars" in res.stdout
