@@ -165,8 +165,8 @@ def submit(ctx, dataset, data_root, split, sequences, inputs, method, flow, flow
     elapsed = job["elapsed"]
     skipped = f", {job['skipped']} skipped (done before)" if job["skipped"] else ""
     click.echo(f"{counts['ok']} ok, {counts['failed']} failed{skipped}, {stats.retries} retried, {frames_done} frames "
-               f"in {elapsed:.1f} s ({elapsed / max(frames_done, 1):.3f} s/frame; driver overhead "
-               f"{stats.overhead_per_sequence_s:.2f} s/sequence)")
+               f"in {elapsed:.1f} s ({elapsed / max(frames_done, 1):.3f} s/frame; actor start-up "
+               f"{stats.startup_s:.1f} s, driver overhead {stats.overhead_per_sequence_s:.3f} s/sequence)")
     click.echo(f"run: {job['store'].uri}")
     if fail_on_error and any(r["status"] != "ok" for r in job["all_rows"]):
         sys.exit(1)

@@ -56,7 +56,10 @@ class _Actor:
     def process(self, seq: Sequence) -> Dict:
         from .worker import process_sequence
 
-        return process_sequence(self.segmenter, seq, self.store)
+        started = time.time()
+        row = process_sequence(self.segmenter, seq, self.store)
+        # wall-clock stamps (this host's clock) let the driver measure the gaps between sequences
+        return dict(row, _started=started, _finished=time.time())
 
 
 def _job_runtime_env() -> dict:
@@ -117,13 +120,16 @@ class RunStats:
     busy_s: float = 0.0  # sum over sequences of their in-actor seconds
     retries: int = 0
     sequences: int = 0
+    startup_s: float = 0.0  # from creating the actors to the first sequence starting (model loading)
+    gaps_s: List[float] = field(default_factory=list)  # per actor: previous sequence's end -> next one's start
     events: List[str] = field(default_factory=list)
 
     @property
     def overhead_per_sequence_s(self) -> float:
-        """Actor-seconds not spent inside a sequence (startup, model loading, scheduling, transfers),
-        per sequence: the price of distributing the work."""
-        return max(0.0, self.wall_s * self.actors - self.busy_s) / max(1, self.sequences)
+        """The driver's cost per sequence once actors are up: the time an actor waits between
+        finishing one sequence and starting the next (result transfer, the driver's bookkeeping,
+        scheduling the next task). Actor start-up is a one-off cost, reported as ``startup_s``."""
+        return sum(self.gaps_s) / len(self.gaps_s) if self.gaps_s else 0.0
 
 
 def _record_failure(store, seq: Sequence, row: Dict) -> None:
@@ -178,9 +184,11 @@ def run_sequences(
 
         store = RunStore(run_uri, **(store_options or {}))
     queue = sorted(sequences, key=lambda s: -s.num_frames)  # longest first: no long tail at the end
+    t_created = time.time()
     actors = [actor_cls.remote(*args) for _ in range(min(n_actors, max(1, len(queue))))]
     stats.actors, stats.sequences = len(actors), len(queue)
     attempts: Dict[str, int] = {}
+    last_finished: Dict = {}  # actor -> wall-clock end of its previous sequence
     in_flight: Dict = {}
     rows: List[Dict] = []
 
@@ -217,6 +225,13 @@ def run_sequences(
             row = failed_row(seq, cfg, f"worker error on {seq.name}: {type(e).__name__}: {e}")
             _record_failure(store, seq, row)
         stats.busy_s += float(row.get("seconds") or 0.0)
+        if "_started" in row:
+            if actor in last_finished:
+                stats.gaps_s.append(row["_started"] - last_finished[actor])
+            elif not stats.startup_s:
+                stats.startup_s = row["_started"] - t_created
+            last_finished[actor] = row.pop("_finished")
+            row.pop("_started")
         rows.append(row)
         if on_result:
             on_result(row)
