@@ -10,7 +10,6 @@ nightly benchmark job and tests use the same numbers as ``vosbatch compare``.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -18,50 +17,16 @@ from typing import Any, Dict, List, Optional, Tuple
 import pyarrow as pa
 
 from .errors import InputError
-from .io.store import RunStore
+from .io.runs import Key, RunView, finite as _finite, load_run
 
-Key = Tuple[str, str]  # (dataset, sequence)
 
 # run.json entries, besides the method configuration, whose change explains a difference in results.
 RUN_FACTS = ("dataset", "split", "workers", "gpus", "code.package", "code.git_commit", "code.git_dirty")
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass
-class RunMetrics:
-    """One run as a comparison needs it: where it is, its run.json and its metric rows by key."""
-
-    uri: str
-    info: dict
-    rows: Dict[Key, dict]
-
-    @property
-    def name(self) -> str:
-        return str(self.info.get("run_id") or self.uri.rstrip("/").rsplit("/", 1)[-1])
-
-
-def load_run_metrics(uri: str, endpoint_url: Optional[str] = None, **s3_options) -> RunMetrics:
-    """Read run.json and metrics/ of a run (local or s3://), naming the run when it is not one.
-
-    ``endpoint_url`` points s3:// at an S3-compatible server (MinIO, moto...); ``s3_options`` go to
-    pyarrow's S3FileSystem. Credentials come from the standard AWS chain.
-    """
-    uri = str(uri)
-    if endpoint_url:
-        scheme, _, host = endpoint_url.partition("://")
-        s3_options = dict(s3_options, endpoint_override=host or scheme, scheme=scheme if host else "https")
-    store = RunStore(uri, **(s3_options if uri.startswith("s3://") else {}))
-    try:
-        info = store.read_run_info()
-    except (OSError, FileNotFoundError) as e:
-        raise InputError(f"{uri}: no readable run.json — not a vosbatch run folder? ({e})") from e
-    except json.JSONDecodeError as e:
-        raise InputError(f"{uri}/run.json: not valid JSON ({e})") from e
-    rows = {(str(r.get("dataset")), str(r.get("sequence"))): r for r in store.read_metrics()}
-    return RunMetrics(uri, info, rows)
+def load_run_metrics(uri: str, endpoint_url: Optional[str] = None, **s3_options) -> RunView:
+    """A run as a comparison needs it (see :func:`vosbatch.io.runs.load_run`)."""
+    return load_run(uri, endpoint_url=endpoint_url, **s3_options)
 
 
 def is_scored(row: Optional[dict]) -> bool:
@@ -252,7 +217,7 @@ def _overall(common: List[SequenceDelta], rows_a: Dict[Key, dict], rows_b: Dict[
     return out
 
 
-def compare_runs(run_a: RunMetrics, run_b: RunMetrics) -> Comparison:
+def compare_runs(run_a: RunView, run_b: RunView) -> Comparison:
     """Join two runs on (dataset, sequence) and compute every delta (B - A)."""
     keys = sorted(set(run_a.rows) | set(run_b.rows))
     seqs = [_sequence_delta(k, run_a.rows.get(k), run_b.rows.get(k)) for k in keys]

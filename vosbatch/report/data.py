@@ -5,55 +5,17 @@ Kept apart from the HTML so the numbers can be tested (and reused) without a bro
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import InputError, VosbatchError
+from ..errors import VosbatchError
 from ..io.png import decode_mask
-from ..io.store import RunStore
+from ..io.runs import Key, RunView, finite as _finite
 from ..metrics import jaccard
 
-Key = Tuple[str, str]  # (dataset, sequence)
-
-
-@dataclass
-class RunView:
-    """One run's facts and metric rows, keyed by (dataset, sequence)."""
-
-    label: str
-    uri: str
-    store: RunStore
-    info: dict
-    rows: Dict[Key, dict]
-
-    @property
-    def name(self) -> str:
-        return str(self.info.get("run_id") or self.uri.rstrip("/").rsplit("/", 1)[-1])
-
-    def ok_rows(self) -> List[dict]:
-        return [r for r in self.rows.values() if r.get("status") == "ok" and _finite(r.get("j_mean"))]
-
-
-def _finite(v) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def load_run(uri: str, label: str, **s3_options) -> RunView:
-    """Read run.json and the metrics of a run, failing with the run's address when it is not one.
-    ``s3_options`` go to pyarrow's S3FileSystem (endpoint_override, region...) for s3:// runs."""
-    store = RunStore(str(uri), **(s3_options if str(uri).startswith("s3://") else {}))
-    try:
-        info = store.read_run_info()
-    except (OSError, FileNotFoundError) as e:
-        raise InputError(f"{uri}: no readable run.json — not a vosbatch run folder? ({e})") from e
-    except json.JSONDecodeError as e:
-        raise InputError(f"{uri}/run.json: not valid JSON ({e})") from e
-    rows = {(str(r.get("dataset")), str(r.get("sequence"))): r for r in store.read_metrics()}
-    return RunView(label, str(uri), store, info, rows)
 
 
 def jf(row: dict) -> Optional[float]:

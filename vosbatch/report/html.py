@@ -26,7 +26,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import overlay as ov
-from .data import Key, RunView, SequenceData, jf, load_run, load_sequence, resolve_data_root, stage_seconds, summary, worst_frames
+from ..io.runs import load_run
+from .data import Key, RunView, SequenceData, jf, load_sequence, resolve_data_root, stage_seconds, summary, worst_frames
 from .svg import bar_chart, line_chart, stacked_bar_chart
 
 CSS = """

@@ -1,0 +1,57 @@
+"""A finished (or running) run read back: its ``run.json`` and metric rows, local or ``s3://``.
+
+One reader for everything that looks at runs afterwards (reports, ``vosbatch compare``, the jobs).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from ..errors import InputError
+from .store import RunStore
+
+Key = Tuple[str, str]  # (dataset, sequence)
+
+
+def finite(value) -> bool:
+    """A real number (not None, bool, NaN or infinite): what a metric cell must be to be averaged."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class RunView:
+    """One run's facts and metric rows, keyed by (dataset, sequence)."""
+
+    uri: str
+    store: RunStore
+    info: dict
+    rows: Dict[Key, dict]
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("run_id") or self.uri.rstrip("/").rsplit("/", 1)[-1])
+
+    def ok_rows(self) -> List[dict]:
+        return [r for r in self.rows.values() if r.get("status") == "ok" and finite(r.get("j_mean"))]
+
+
+def load_run(uri: str, label: str = "", endpoint_url: Optional[str] = None, **s3_options) -> RunView:
+    """Read run.json and the metrics of a run, failing with the run's address when it is not one.
+
+    ``endpoint_url`` points s3:// at an S3-compatible server (MinIO, moto...); ``s3_options`` go to
+    pyarrow's S3FileSystem. Credentials come from the standard AWS chain.
+    """
+    uri = str(uri)
+    is_s3 = uri.startswith("s3://")
+    store = RunStore(uri, endpoint_url=endpoint_url if is_s3 else None, **(s3_options if is_s3 else {}))
+    try:
+        info = store.read_run_info()
+    except (OSError, FileNotFoundError) as e:
+        raise InputError(f"{uri}: no readable run.json — not a vosbatch run folder? ({e})") from e
+    except json.JSONDecodeError as e:
+        raise InputError(f"{uri}/run.json: not valid JSON ({e})") from e
+    rows = {(str(r.get("dataset")), str(r.get("sequence"))): r for r in store.read_metrics()}
+    return RunView(uri, store, info, rows, label)
