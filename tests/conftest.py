@@ -48,6 +48,16 @@ def moto_s3_endpoint():
         srv.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_options(moto_s3_endpoint) -> dict:
+    """pyarrow ``S3FileSystem`` options (what ``RunStore(..., **s3_options)`` takes) for the moto server."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(moto_s3_endpoint)
+    return dict(endpoint_override=url.netloc, scheme=url.scheme, access_key="test", secret_key="test",
+                region="us-east-1")
+
+
 @pytest.fixture()
 def s3_bucket(moto_s3_endpoint, monkeypatch, request):
     """A fresh bucket on the moto server, reachable through the standard AWS variables (what the

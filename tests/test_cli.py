@@ -1,26 +1,16 @@
 """The user's path end to end: submit on local Ray, then export and eval, on a synthetic DAVIS root."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
 from vosbatch.io.png import decode_mask
+from vosbatch.testing.cli import run_cli
 from vosbatch.testing.synthetic import make_video, write_davis_fixture
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def vosbatch(*args, check=True):
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONWARNINGS="ignore", OMP_WAIT_POLICY="PASSIVE")
-    proc = subprocess.run([sys.executable, "-m", "vosbatch.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vosbatch {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +25,8 @@ def run(tmp_path_factory):
     root = write_davis_fixture(tmp / "DAVIS", vids)
     (root / "JPEGImages/480p/broken/00003.jpg").write_bytes(b"\x00garbage")
     out = tmp / "runs"
-    proc = vosbatch("submit", "--data-root", root, "--output", out, "--run-id", "r1", "--no-progress",
-                    "--work-height", 96, "-p", "grid_stride=4", "-p", "opt_stride=2")
+    proc = run_cli("submit", "--data-root", root, "--output", out, "--run-id", "r1", "--no-progress",
+                   "--work-height", 96, "-p", "grid_stride=4", "-p", "opt_stride=2")
     return {"root": root, "run": out / "r1", "stdout": proc.stdout, "stderr": proc.stderr, "vids": vids, "tmp": tmp}
 
 
@@ -74,11 +64,11 @@ def test_bad_sequence_becomes_a_failed_row_and_others_finish(run):
 
 def test_export_then_eval_reproduces_the_run_metrics(run):
     png = run["tmp"] / "png"
-    vosbatch("export", run["run"], "--png", png)
+    run_cli("export", run["run"], "--png", png)
     assert sorted(p.name for p in png.iterdir()) == ["runner", "walker"]
     assert len(list((png / "walker").glob("*.png"))) == 8
     out = run["tmp"] / "scores.csv"
-    proc = vosbatch("eval", "--pred", png, "--gt", run["root"], "--out", out)
+    proc = run_cli("eval", "--pred", png, "--gt", run["root"], "--out", out)
     import pyarrow.csv as pacsv
 
     scores = {r["sequence"]: r for r in pacsv.read_csv(out).to_pylist()}
@@ -90,12 +80,12 @@ def test_export_then_eval_reproduces_the_run_metrics(run):
 
 
 def test_unknown_sequence_and_unwritable_output(run, tmp_path):
-    proc = vosbatch("submit", "--data-root", run["root"], "--sequences", "walker,ghost", "--output", tmp_path,
-                    "--run-id", "r2", "--no-progress", "--work-height", 96, "-p", "grid_stride=4")
+    proc = run_cli("submit", "--data-root", run["root"], "--sequences", "walker,ghost", "--output", tmp_path,
+                   "--run-id", "r2", "--no-progress", "--work-height", 96, "-p", "grid_stride=4")
     assert "FAILED ghost" in proc.stderr and "unknown sequence 'ghost'" in proc.stderr
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    bad = vosbatch("submit", "--data-root", run["root"], "--output", blocker / "x", "--no-progress", check=False)
+    bad = run_cli("submit", "--data-root", run["root"], "--output", blocker / "x", "--no-progress", check=False)
     assert bad.returncode != 0 and "not writable" in bad.stderr and str(blocker) in bad.stderr
 
 
@@ -123,8 +113,8 @@ def test_submit_without_data_downloads_the_dataset_first(tmp_path):
         os.environ.update(env_extra)
         os.environ.pop("VOSBATCH_DATA_ROOT", None)
         try:
-            proc = vosbatch("submit", "--dataset", "davis2016", "--output", tmp_path / "runs", "--run-id", "dl",
-                            "--no-progress", "--work-height", 96, "-p", "grid_stride=4")
+            proc = run_cli("submit", "--dataset", "davis2016", "--output", tmp_path / "runs", "--run-id", "dl",
+                           "--no-progress", "--work-height", 96, "-p", "grid_stride=4")
         finally:
             for k, v in old.items():
                 if v is None:

@@ -4,11 +4,7 @@ Most cases use run folders written here through RunStore with chosen numbers, so
 known exactly; one real run (synthetic videos through the batch worker, no Ray) checks that runs
 made by the pipeline compare cleanly, also after a copy to an S3 bucket (moto server on 127.0.0.1).
 """
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -18,6 +14,7 @@ from click.testing import CliRunner
 from vosbatch.cli import main
 from vosbatch.compare import compare_uris
 from vosbatch.io.store import RunStore
+from vosbatch.testing.cli import run_cli
 from vosbatch.testing.runs import make_run
 from vosbatch.testing.synthetic import make_video, write_davis_fixture
 
@@ -149,41 +146,27 @@ def test_a_real_run_against_its_copy_has_no_deltas(real_run, tmp_path):
         assert row[3:6] == ["+0.000"] * 3 and float(row[1]) > 0.5
 
 
-def test_compare_runs_on_s3(real_run, tmp_path):
+def test_compare_runs_on_s3(real_run, s3_bucket, s3_options, moto_s3_endpoint, monkeypatch):
     """A real run and a worse copy in an S3 bucket (moto on 127.0.0.1): library and command line."""
-    tool = Path(__file__).resolve().parents[2] / "shared" / "tools" / "loopback-ns"
-    if tool.exists() and os.environ.get("LOOPBACK_NS_INSIDE") != "1":
-        pytest.skip(f"starts a local S3 server: run inside {tool}")
     pafs = pytest.importorskip("pyarrow.fs")
-    moto_server = pytest.importorskip("moto.server")
-    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    srv.start()
-    try:
-        host, port = srv.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        opts = dict(endpoint_override=f"{host}:{port}", scheme="http", access_key="test", secret_key="test",
-                    region="us-east-1")
-        fs = pafs.S3FileSystem(allow_bucket_creation=True, **opts)
-        fs.create_dir("compare-runs")
-        pafs.copy_files(str(real_run), "compare-runs/nightly/r1", destination_filesystem=fs)
-        # run B: the same rows with walker's J lowered by 0.2
-        worse = RunStore("s3://compare-runs/nightly/r2", **opts)
-        worse.write_run_info(dict(RunStore(str(real_run)).read_run_info(), run_id="r2"))
-        for row in RunStore(str(real_run)).read_metrics():
-            if row["sequence"] == "walker":
-                row["j_mean"] -= 0.2
-            worse.write_metrics(row.pop("dataset"), row.pop("sequence"), row)
-        cmp = compare_uris("s3://compare-runs/nightly/r1", "s3://compare-runs/nightly/r2", **opts)
-        walker = next(s for s in cmp.sequences if s.sequence == "walker")
-        assert walker.d_j == pytest.approx(-0.2) and walker.d_jf == pytest.approx(-0.1)
-        assert cmp.overall["d_jf"] == pytest.approx(-0.05)
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
-        env.pop("AWS_ENDPOINT_URL", None)
-        proc = subprocess.run([sys.executable, "-m", "vosbatch.cli", "compare", "s3://compare-runs/nightly/r1",
-                               "s3://compare-runs/nightly/r2", "--s3-endpoint-url", endpoint, "--fail-on-regression"],
-                              env=env, capture_output=True, text=True, timeout=120)
-    finally:
-        srv.stop()
+    bucket, _ = s3_bucket
+    r1, r2 = f"s3://{bucket}/nightly/r1", f"s3://{bucket}/nightly/r2"
+    fs = pafs.S3FileSystem(**s3_options)
+    pafs.copy_files(str(real_run), f"{bucket}/nightly/r1", destination_filesystem=fs)
+    # run B: the same rows with walker's J lowered by 0.2
+    worse = RunStore(r2, **s3_options)
+    worse.write_run_info(dict(RunStore(str(real_run)).read_run_info(), run_id="r2"))
+    for row in RunStore(str(real_run)).read_metrics():
+        if row["sequence"] == "walker":
+            row["j_mean"] -= 0.2
+        worse.write_metrics(row.pop("dataset"), row.pop("sequence"), row)
+    cmp = compare_uris(r1, r2, **s3_options)
+    walker = next(s for s in cmp.sequences if s.sequence == "walker")
+    assert walker.d_j == pytest.approx(-0.2) and walker.d_jf == pytest.approx(-0.1)
+    assert cmp.overall["d_jf"] == pytest.approx(-0.05)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the command line finds the server through --s3-endpoint-url alone
+    proc = run_cli("compare", r1, r2, "--s3-endpoint-url", moto_s3_endpoint, "--fail-on-regression", check=False,
+                   timeout=120)
     assert proc.returncode == 1, proc.stderr
-    assert "B (candidate): s3://compare-runs/nightly/r2" in proc.stdout
+    assert f"B (candidate): {r2}" in proc.stdout
     assert "regressed sequences (ΔJ&F < -0.010): davis2016/walker (-0.100)" in proc.stdout

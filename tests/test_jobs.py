@@ -15,7 +15,6 @@ from vosbatch.io.store import RunStore
 from vosbatch.testing.synthetic import make_video, write_davis_fixture
 
 REPO = Path(__file__).resolve().parents[1]
-LOOPBACK = REPO.parent / "shared" / "tools" / "loopback-ns"
 
 
 def load_job(name):
@@ -164,31 +163,16 @@ def test_baseline_is_the_latest_passing_night_of_the_same_suite_and_dataset(tmp_
     assert nightly.find_baseline(str(out), "fbms59", "default", "x").endswith("nightly-e-fbms59")
 
 
-def test_baseline_search_on_s3(tmp_path):
-    if LOOPBACK.exists() and os.environ.get("LOOPBACK_NS_INSIDE") != "1":
-        pytest.skip(f"starts a local S3 server: run inside {LOOPBACK}")
-    pafs = pytest.importorskip("pyarrow.fs")
-    moto_server = pytest.importorskip("moto.server")
-    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    srv.start()
-    keys = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    try:
-        host, port = srv.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        pafs.S3FileSystem(allow_bucket_creation=True, endpoint_override=f"{host}:{port}", scheme="http",
-                          region="us-east-1").create_dir("nightly-jobs")
-        make_night("s3://nightly-jobs/nightly", "a", started="2026-01-01T02:00:00", endpoint=endpoint)
-        make_night("s3://nightly-jobs/nightly", "b", started="2026-01-02T02:00:00", status="failed", endpoint=endpoint)
-        assert nightly.list_run_names("s3://nightly-jobs/nightly", endpoint) == ["nightly-a-davis2016", "nightly-b-davis2016"]
-        assert nightly.find_baseline("s3://nightly-jobs/nightly", "davis2016", "default", "x", endpoint_url=endpoint) == \
-            "s3://nightly-jobs/nightly/nightly-a-davis2016"
-        assert nightly.list_run_names("s3://nightly-jobs/elsewhere", endpoint) == []
-    finally:
-        srv.stop()
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+def test_baseline_search_on_s3(s3_bucket, moto_s3_endpoint, monkeypatch):
+    bucket, _ = s3_bucket
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint reaches the job's functions as an argument only
+    endpoint, nights = moto_s3_endpoint, f"s3://{bucket}/nightly"
+    make_night(nights, "a", started="2026-01-01T02:00:00", endpoint=endpoint)
+    make_night(nights, "b", started="2026-01-02T02:00:00", status="failed", endpoint=endpoint)
+    assert nightly.list_run_names(nights, endpoint) == ["nightly-a-davis2016", "nightly-b-davis2016"]
+    assert nightly.find_baseline(nights, "davis2016", "default", "x", endpoint_url=endpoint) == \
+        f"{nights}/nightly-a-davis2016"
+    assert nightly.list_run_names(f"s3://{bucket}/elsewhere", endpoint) == []
 
 
 # --------------------------------------------------------------------------------------------------

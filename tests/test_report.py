@@ -18,6 +18,7 @@ from vosbatch.cli import main
 from vosbatch.config import RunConfig
 from vosbatch.io.store import RunStore
 from vosbatch.report import overlay as ov
+from vosbatch.testing.cli import run_cli
 from vosbatch.testing.runs import SMALL_CONFIG, make_run
 from vosbatch.testing.synthetic import make_video, write_davis_fixture
 
@@ -212,39 +213,18 @@ def test_segment_bad_inputs_name_the_path(tmp_path):
     assert res.exit_code == 1 and "empty-folder" in res.output and "at least 2" in res.output
 
 
-def test_report_of_a_run_on_s3(runs, tmp_path):
+def test_report_of_a_run_on_s3(runs, tmp_path, s3_bucket, s3_options):
     """The same run copied to an S3 bucket (moto server on 127.0.0.1) reports the same way."""
-    import os
-
-    tool = Path(__file__).resolve().parents[2] / "shared" / "tools" / "loopback-ns"
-    if tool.exists() and os.environ.get("LOOPBACK_NS_INSIDE") != "1":
-        pytest.skip(f"starts a local S3 server: run inside {tool}")
     pafs = pytest.importorskip("pyarrow.fs")
-    moto_server = pytest.importorskip("moto.server")
     from vosbatch.report import build_report
 
-    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    srv.start()
-    try:
-        host, port = srv.get_host_and_port()
-        opts = dict(endpoint_override=f"http://{host}:{port}", scheme="http", access_key="test", secret_key="test",
-                    region="us-east-1")
-        fs = pafs.S3FileSystem(allow_bucket_creation=True, **opts)
-        fs.create_dir("bucket")
-        pafs.copy_files(str(runs["a"]), "bucket/runs/run-a", destination_filesystem=fs)
-        page = build_report("s3://bucket/runs/run-a", tmp_path / "s3", s3_options=opts)
-        # the command line reaches the same store through the standard AWS variables
-        import subprocess
-        import sys
-
-        env = dict(os.environ, AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test",
-                   AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
-        proc = subprocess.run([sys.executable, "-m", "vosbatch.cli", "report", "s3://bucket/runs/run-a", "-o",
-                               str(tmp_path / "cli")], env=env, capture_output=True, text=True, timeout=180)
-        assert proc.returncode == 0, proc.stderr
-        assert (tmp_path / "cli" / "index.html").read_text().count("data-sequence=") == 3
-    finally:
-        srv.stop()
+    bucket, _ = s3_bucket
+    fs = pafs.S3FileSystem(**s3_options)
+    pafs.copy_files(str(runs["a"]), f"{bucket}/runs/run-a", destination_filesystem=fs)
+    page = build_report(f"s3://{bucket}/runs/run-a", tmp_path / "s3", s3_options=s3_options)
+    # the command line reaches the same store through the standard AWS variables (set by s3_bucket)
+    run_cli("report", f"s3://{bucket}/runs/run-a", "-o", tmp_path / "cli", timeout=180)
+    assert (tmp_path / "cli" / "index.html").read_text().count("data-sequence=") == 3
     html = page.read_text()
-    assert html.count("data-sequence=") == 3 and html.count("<video") == 2 and "s3://bucket/runs/run-a" in html
+    assert html.count("data-sequence=") == 3 and html.count("<video") == 2 and f"s3://{bucket}/runs/run-a" in html
     assert len(list((tmp_path / "s3" / "media").glob("*.mp4"))) == 2

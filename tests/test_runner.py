@@ -22,6 +22,7 @@ from vosbatch.io.png import decode_mask
 from vosbatch.pipeline import VideoSegmenter
 from vosbatch.runner.windows import plan_windows
 from vosbatch.runner.worker import segment_sequence
+from vosbatch.testing.cli import cli_env, run_cli
 from vosbatch.testing.synthetic import make_video, write_davis_fixture
 
 SMALL = ["--work-height", "64", "-p", "grid_stride=4", "-p", "opt_stride=2"]
@@ -79,18 +80,6 @@ def test_a_long_video_is_segmented_in_bounded_windows_and_stitched(tmp_path):
 
 
 # -- Ray: faults and resume ------------------------------------------------------------------------
-def _env(**extra):
-    return dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONWARNINGS="ignore", OMP_WAIT_POLICY="PASSIVE", **extra)
-
-
-def vosbatch(*args, check=True, env=None, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "vosbatch.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env or _env(), timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vosbatch {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
@@ -106,22 +95,38 @@ def _tables(run: Path):
     return masks, metrics
 
 
-def _actor_pids(name="ray::_Actor"):
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _actor_pids(name: str, ancestor: int):
+    """Processes titled ``name...`` descending from ``ancestor`` (this run's driver started the local
+    Ray whose raylet forks the actors; other Ray jobs on the machine are not ours to kill)."""
     pids = []
     for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="ignore").startswith(name):
-                    pids.append(int(d.name))
-            except OSError:
-                pass
+        if not d.name.isdigit():
+            continue
+        try:
+            title = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="ignore")
+        except OSError:
+            continue
+        if title.startswith(name):
+            pid = int(d.name)
+            chain = pid
+            while chain > 1 and chain != ancestor:
+                chain = _parent(chain)
+            if chain == ancestor:
+                pids.append(pid)
     return pids
 
 
 @pytest.fixture(scope="module")
 def clean_run(dataset):
     root, tmp = dataset
-    vosbatch("submit", "--data-root", root, "--output", tmp / "runs", "--run-id", "clean", "--no-progress", *SMALL)
+    run_cli("submit", "--data-root", root, "--output", tmp / "runs", "--run-id", "clean", "--no-progress", *SMALL)
     return tmp / "runs" / "clean"
 
 
@@ -130,20 +135,23 @@ def test_killing_a_worker_mid_sequence_still_completes_with_identical_outputs(da
     root, tmp = dataset
     proc = subprocess.Popen([sys.executable, "-m", "vosbatch.cli", "submit", "--data-root", str(root), "--output",
                              str(tmp / "runs"), "--run-id", "faulted", "--no-progress", *SMALL],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     killed = None
     deadline = time.time() + 120
+    busy_since = {}
     while killed is None and time.time() < deadline and proc.poll() is None:
-        busy = _actor_pids("ray::_Actor.process")  # the title Ray gives an actor while it runs a task
-        if busy:
-            time.sleep(0.3)  # well inside the sequence
-            os.kill(busy[0], signal.SIGKILL)
-            killed = busy[0]
+        busy = _actor_pids("ray::_Actor.process", proc.pid)  # the title Ray gives an actor while it runs a task
+        busy_since = {pid: busy_since.get(pid, time.time()) for pid in busy}
+        for pid, since in busy_since.items():
+            if time.time() - since > 0.3:  # busy for a while: well inside a sequence
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
         time.sleep(0.02)
     out, err = proc.communicate(timeout=300)
     assert killed is not None, f"never saw a busy actor to kill\n{err}"
     assert proc.returncode == 0, err
-    assert "RETRY" in err and "1 retried" in out
+    assert "RETRY" in err and "1 retried" in out, (out, err)
     masks, metrics = _tables(tmp / "runs" / "faulted")
     clean_masks, clean_metrics = _tables(clean_run)
     assert all(r["status"] == "ok" for r in metrics.values()) and len(metrics) == 3
@@ -159,18 +167,26 @@ def test_a_killed_driver_is_finished_by_resume_without_recomputing(dataset, clea
     runs = tmp / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "vosbatch.cli", "submit", "--data-root", str(root), "--output",
                              str(runs), "--run-id", "killed", "--no-progress", *SMALL],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(), start_new_session=True)
     metrics_dir = runs / "killed" / "metrics"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(list(metrics_dir.glob("*/*/part-0.parquet"))) < 1:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local cluster it started die together
     proc.wait()
+    # an actor caught mid-sequence may still finish and store it before it notices: wait until the
+    # run's files stop changing, then take stock of what a resume should find done
+    seen, stable_since = None, time.time()
+    while time.time() - stable_since < 3 and time.time() < deadline + 60:
+        now = sorted((str(p), p.stat().st_mtime_ns) for p in (runs / "killed").glob("*/*/*/part-0.parquet"))
+        if now != seen:
+            seen, stable_since = now, time.time()
+        time.sleep(0.2)
     finished = {p: p.stat().st_mtime_ns for p in (runs / "killed").glob("*/*/*/part-0.parquet")}
     finished_seqs = {p.parent.name for p in finished if p.parts[-4] == "metrics"}
     assert 1 <= len(finished_seqs) < 3, "the driver should have died part-way"
     assert json.loads((runs / "killed" / "run.json").read_text())["status"] == "running"
-    res = vosbatch("submit", "--output", runs, "--resume", "killed", "--no-progress")
+    res = run_cli("submit", "--output", runs, "--resume", "killed", "--no-progress")
     assert f"resume: {len(finished_seqs)} of 3 sequences already done" in res.stderr
     for p, mtime in finished.items():  # finished sequences were not recomputed or rewritten
         assert p.stat().st_mtime_ns == mtime
@@ -191,19 +207,19 @@ def test_resume_retries_failed_sequences_and_refuses_unknown_runs(dataset, tmp_p
     original = frame.read_bytes()
     frame.write_bytes(b"not a jpeg")
     runs = tmp_path / "runs"
-    first = vosbatch("submit", "--data-root", fixture, "--output", runs, "--run-id", "r", "--no-progress", *SMALL)
+    first = run_cli("submit", "--data-root", fixture, "--output", runs, "--run-id", "r", "--no-progress", *SMALL)
     assert "FAILED bad" in first.stderr and "00002.jpg" in first.stderr
     frame.write_bytes(original)  # the input is repaired
-    again = vosbatch("submit", "--output", runs, "--resume", "r", "--no-progress")
+    again = run_cli("submit", "--output", runs, "--resume", "r", "--no-progress")
     assert "resume: 1 of 2 sequences already done" in again.stderr and "1 ok, 0 failed" in again.stdout
     _, metrics = _tables(runs / "r")
     assert metrics["bad"]["status"] == "ok" and metrics["good"]["status"] == "ok"
     # a changed configuration is a different hash: everything reruns
-    changed = vosbatch("submit", "--output", runs, "--resume", "r", "--no-progress", "-p", "grid_stride=8")
+    changed = run_cli("submit", "--output", runs, "--resume", "r", "--no-progress", "-p", "grid_stride=8")
     assert "resume: 0 of 2 sequences already done" in changed.stderr
-    missing = vosbatch("submit", "--output", runs, "--resume", "nope", "--no-progress", check=False)
+    missing = run_cli("submit", "--output", runs, "--resume", "nope", "--no-progress", check=False)
     assert missing.returncode != 0 and "nope" in missing.stderr and "run.json" in missing.stderr
-    exists = vosbatch("submit", "--data-root", fixture, "--output", runs, "--run-id", "r", "--no-progress", check=False)
+    exists = run_cli("submit", "--data-root", fixture, "--output", runs, "--run-id", "r", "--no-progress", check=False)
     assert exists.returncode != 0 and "--resume" in exists.stderr
 
 
@@ -275,34 +291,30 @@ class FlakyS3Proxy(http.server.ThreadingHTTPServer):
 
 
 @pytest.mark.ray
-def test_s3_output_survives_failed_puts_and_never_holds_a_partial_object(dataset, clean_run, tmp_path):
-    import boto3
+def test_s3_output_survives_failed_puts_and_never_holds_a_partial_object(dataset, clean_run, s3_bucket,
+                                                                         moto_s3_endpoint, monkeypatch):
     import pyarrow.parquet as pq
 
-    moto_server = pytest.importorskip("moto.server")
     root, tmp = dataset
-    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    srv.start()
-    proxy = FlakyS3Proxy(srv.get_host_and_port(), match="masks/", fail_puts=2, always="sequence=seq1/")
+    bucket, s3 = s3_bucket
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the run reaches S3 only through the proxy given below
+    upstream = urllib.parse.urlsplit(moto_s3_endpoint)
+    proxy = FlakyS3Proxy((upstream.hostname, upstream.port), match="masks/", fail_puts=2, always="sequence=seq1/")
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
         creds = dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="Zq8SecretValue", AWS_DEFAULT_REGION="us-east-1")
-        endpoint = "http://%s:%d" % srv.get_host_and_port()
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                          aws_secret_access_key="Zq8SecretValue")
-        s3.create_bucket(Bucket="out")
         proxy_url = "http://127.0.0.1:%d" % proxy.server_address[1]
-        res = vosbatch("submit", "--data-root", root, "--output", "s3://out/runs", "--run-id", "s3run", "--no-progress",
-                       "--s3-endpoint-url", proxy_url, *SMALL, env=_env(**creds), check=False)
+        res = run_cli("submit", "--data-root", root, "--output", f"s3://{bucket}/runs", "--run-id", "s3run",
+                      "--no-progress", "--s3-endpoint-url", proxy_url, *SMALL, env=cli_env(**creds), check=False)
         assert proxy.failures, "the proxy should have broken some uploads"
         assert "Zq8SecretValue" not in res.stdout + res.stderr  # credentials are never logged
-        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="out", Prefix="runs/s3run/")["Contents"])
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/s3run/")["Contents"])
         # seq1's masks could never be uploaded: it is a failed row and no masks object exists for it
         assert not [k for k in keys if "masks/" in k and "seq1" in k], (proxy.failures, res.stderr[-3000:])
         _, clean = _tables(clean_run)
         clean_masks, _ = _tables(clean_run)
         for key in keys:
-            body = s3.get_object(Bucket="out", Key=key)["Body"].read()
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             if key.endswith(".parquet"):
                 table = pq.read_table(pa_buffer(body))  # whole objects only: every one parses
                 if "masks/" in key:
@@ -311,14 +323,13 @@ def test_s3_output_survives_failed_puts_and_never_holds_a_partial_object(dataset
                     assert table.column("mask_png").to_pylist() == expected
         metrics_keys = [k for k in keys if "metrics/" in k]
         assert len(metrics_keys) == 3
-        rows = {k.split("sequence=")[1].split("/")[0]: pq.read_table(pa_buffer(s3.get_object(Bucket="out", Key=k)["Body"].read())).to_pylist()[0]
+        rows = {k.split("sequence=")[1].split("/")[0]: pq.read_table(pa_buffer(s3.get_object(Bucket=bucket, Key=k)["Body"].read())).to_pylist()[0]
                 for k in metrics_keys}
         assert rows["seq0"]["status"] == "ok" and rows["seq2"]["status"] == "ok"
         assert rows["seq1"]["status"] == "failed" and "masks" in rows["seq1"]["error"] and "attempts" in rows["seq1"]["error"]
         assert res.returncode == 0 and "FAILED seq1" in res.stderr
     finally:
         proxy.shutdown()
-        srv.stop()
 
 
 def pa_buffer(data: bytes):
@@ -357,8 +368,8 @@ def test_submit_inputs_in_windows_and_fbms_scored_on_its_annotated_frames(tmp_pa
     write_video_file(tmp_path / "clip.mp4", vid.frames, fps=10)
     frames = write_davis_fixture(tmp_path / "D", {"folder": make_video(frames=9, size=(64, 96), seed=8)})
     runs = tmp_path / "runs"
-    vosbatch("submit", "--input", tmp_path / "clip.mp4", "--input", frames / "JPEGImages/480p/folder", "--output", runs,
-             "--run-id", "inputs", "--no-progress", "--window-frames", 12, "--window-overlap", 4, *SMALL)
+    run_cli("submit", "--input", tmp_path / "clip.mp4", "--input", frames / "JPEGImages/480p/folder", "--output", runs,
+            "--run-id", "inputs", "--no-progress", "--window-frames", 12, "--window-overlap", 4, *SMALL)
     masks, metrics = _tables(runs / "inputs")
     assert set(metrics) == {"clip", "folder"} and all(r["status"] == "ok" for r in metrics.values())
     assert metrics["clip"]["windows"] == len(plan_windows(30, 12, 4)) > 1 and metrics["folder"]["windows"] == 1
@@ -368,8 +379,8 @@ def test_submit_inputs_in_windows_and_fbms_scored_on_its_annotated_frames(tmp_pa
     assert clip.shape == (30, 64, 96) and iou > 0.6
     fbms = write_fbms59_fixture(tmp_path / "FBMS", {"cars": make_video(frames=45, size=(64, 96), obj_velocity=(1.0, 0.2),
                                                                        seed=9)}, every=20)
-    res = vosbatch("submit", "--dataset", "fbms59", "--data-root", fbms, "--output", runs, "--run-id", "fbms",
-                   "--no-progress", *SMALL)
+    res = run_cli("submit", "--dataset", "fbms59", "--data-root", fbms, "--output", runs, "--run-id", "fbms",
+                  "--no-progress", *SMALL)
     _, rows = _tables(runs / "fbms")
     assert rows["cars"]["status"] == "ok" and rows["cars"]["frames"] == 45
     assert rows["cars"]["j_mean"] > 0.5 and "cars" in res.stdout
