@@ -15,7 +15,7 @@ export OMP_WAIT_POLICY = PASSIVE
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test,crf]'  # crf: pydensecrf2 builds from source (~35 s)
 	touch $@
 
 install: $(VENV)/.installed

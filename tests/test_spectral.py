@@ -59,3 +59,18 @@ def test_foreground_side_follows_motion_even_when_object_is_large():
     assert (soft_flipped[0, :70] > 0.5).all() and (soft_flipped[0, 70:] < 0.5).all()
     # the split lands between the groups, not on a node: both sides are clearly decided
     assert soft[0, :70].min() > 0.8 and soft[0, 70:].max() < 0.2
+
+
+def test_affinity_matches_eq2_elementwise_with_partial_reliability():
+    torch.manual_seed(0)
+    b, n = 2, 40
+    psi, pn, pp = torch.randn(b, n, 5), torch.randn(b, n, 3), torch.randn(b, n, 3)
+    rn, rp = (torch.rand(b, n) > 0.3).float(), torch.rand(b, n)
+    got = affinity(psi, pn, pp, rn, rp, alpha_psi=0.1, alpha_phi=1.0, s=0.2)
+    cos = lambda x: torch.nn.functional.cosine_similarity(x[:, :, None], x[:, None, :], dim=-1)  # noqa: E731
+    wn, wp = rn[:, :, None] * rn[:, None, :], rp[:, :, None] * rp[:, None, :]
+    ref = (0.1 * cos(psi) + wn * cos(pn) + wp * cos(pp)) / (0.1 + wn + wp)
+    ref = torch.where(ref >= 0.2, ref, torch.zeros_like(ref))  # g_s
+    assert got.dtype == torch.float32 and got.shape == (b, n, n)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert (got[ref == 0] == 0).all() and (got >= 0).all()

@@ -98,10 +98,11 @@ class VideoSegmenter:
 
     def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
         """Soft masks on the method's grid -> binary masks at the frames' resolution (this config's
-        colour model and refinement, then one K-means threshold per video)."""
+        colour model, then its refinement: guided filter, dense CRF or none; one K-means threshold
+        per video)."""
         H, W = frames.shape[1:3]
         return binarize(soft, H, W, seed=self.cfg.seed, guide=frames, colour_weight=self.cfg.appearance_weight,
-                        edge_refine=self.cfg.refine == "guided")
+                        refine=self.cfg.refine)
 
     def _feature_grid(self, work_hw) -> Optional[tuple[int, int]]:
         """Methods that consume appearance features say on which grid (``fn.feature_grid``)."""

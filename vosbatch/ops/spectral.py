@@ -47,18 +47,22 @@ def affinity(
     """Dense per-frame affinity, Eq. (2), for a batch of frames: (B,N,·) -> (B,N,N) float32.
 
     ``reliable_*`` (B,N) in [0,1] weight the motion terms of each node (0: missing/unreliable).
+    The numerator is one Gram matrix of the stacked, weighted features (r_i r_j⟨φ_i,φ_j⟩ =
+    ⟨r_iφ_i, r_jφ_j⟩), the pairwise normaliser another of the stacked weights, so only two N×N
+    matrices exist at any time and the result is thresholded in place.
     """
     psi, phi_next, phi_prev = _unit(psi.float()), _unit(phi_next.float()), _unit(phi_prev.float())
-    rn = reliable_next.float()
-    rp = reliable_prev.float()
-    wn = rn[:, :, None] * rn[:, None, :]
-    wp = rp[:, :, None] * rp[:, None, :]
-    num = alpha_psi * torch.bmm(psi, psi.transpose(1, 2))
-    num += alpha_phi * wn * torch.bmm(phi_next, phi_next.transpose(1, 2))
-    num += alpha_phi * wp * torch.bmm(phi_prev, phi_prev.transpose(1, 2))
-    den = alpha_psi + alpha_phi * (wn + wp)
-    a = num / den.clamp_min(1e-12)
-    return torch.where(a >= s, a, torch.zeros_like(a)).clamp_min(0.0)
+    rn = reliable_next.float()[..., None]
+    rp = reliable_prev.float()[..., None]
+    sa, sp = alpha_psi ** 0.5, alpha_phi ** 0.5
+    stacked = torch.cat([sa * psi, sp * rn * phi_next, sp * rp * phi_prev], dim=-1)
+    a = torch.bmm(stacked, stacked.transpose(1, 2))
+    weights = torch.cat([torch.full_like(rn, sa), sp * rn, sp * rp], dim=-1)
+    den = torch.bmm(weights, weights.transpose(1, 2))  # α_ψ + α_φ(r⁺_i r⁺_j + r⁻_i r⁻_j)
+    a.div_(den.clamp_min_(1e-12))
+    del den
+    a.masked_fill_(a < s, 0.0)
+    return a.clamp_min_(0.0)
 
 
 def second_eigenvector(
@@ -68,11 +72,14 @@ def second_eigenvector(
     max_iter: int = 500,
     seed: int = 0,
 ) -> PICResult:
-    """Second eigenvector of W = D⁻¹A for each affinity in the batch, by deflated power iteration."""
+    """Second eigenvector of W = D⁻¹A for each affinity in the batch, by deflated power iteration.
+
+    S = D^-1/2 A D^-1/2 is applied as D^-1/2 (A (D^-1/2 u)) and never formed. Each frame stops when
+    its direction changes by less than ``tol`` (1 - |cos|) between iterations, all at ``max_iter``.
+    """
     b, n, _ = a.shape
     deg = a.sum(-1).clamp_min(1e-8)
     dh = deg.sqrt()
-    s = a / dh[:, :, None] / dh[:, None, :]
     u1 = _unit(dh)
     if start is None:
         g = torch.Generator().manual_seed(seed)
@@ -82,7 +89,8 @@ def second_eigenvector(
     iters = torch.zeros(b, dtype=torch.long)
     done = torch.zeros(b, dtype=torch.bool)
     for it in range(1, max_iter + 1):
-        nu = 0.5 * (torch.bmm(s, u[:, :, None])[:, :, 0] + u)
+        su = torch.bmm(a, (u / dh)[:, :, None])[:, :, 0] / dh
+        nu = 0.5 * (su + u)
         nu = _unit(nu - (nu * u1).sum(-1, keepdim=True) * u1)
         change = 1.0 - (nu * u).sum(-1).abs()
         u = torch.where(done[:, None], u, nu)

@@ -1,4 +1,8 @@
-"""Soft masks at a coarse grid -> binary masks at the original resolution."""
+"""Soft masks at a coarse grid -> binary masks at the original resolution.
+
+Refinements (``refine``): ``"guided"`` (default, CRF-free guided filter), ``"crf"`` (dense CRF, needs
+the ``crf`` extra), ``"none"`` (plain bilinear upsampling).
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,7 +13,10 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
 from .appearance import colour_model_refine
+from .crf import CRFParams, crf_refine
 from .refine import guided_refine
+
+REFINEMENTS = ("guided", "crf", "none")
 
 
 def upsample(soft: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -41,18 +48,44 @@ def binarize(
     seed: int = 0,
     guide: Optional[np.ndarray] = None,
     colour_weight: float = 0.0,
-    edge_refine: bool = True,
+    refine: str = "guided",
+    crf_params: Optional[CRFParams] = None,
 ) -> np.ndarray:
     """Soft masks on a coarse grid (T,h,w) -> binary masks (T,height,width) at full resolution.
 
     Upsample; with ``guide`` frames (T,height,width,3) fold in the video's colour model
-    (``colour_weight`` > 0, :mod:`vosbatch.postprocess.appearance`) and, with ``edge_refine``, snap
-    edges to the image with the guided filter (:mod:`vosbatch.postprocess.refine`); then one K-means
-    (K=2) threshold for the whole video.
+    (``colour_weight`` > 0, :mod:`vosbatch.postprocess.appearance`); then
+    - ``refine="guided"``: snap edges to the image with the guided filter, then one K-means (K=2)
+      threshold for the whole video;
+    - ``refine="crf"``: the K-means threshold τ first, the probabilities re-centred so that τ maps to
+      0.5 (σ(logit p - logit τ): the CRF's unary must put the decision where the video's two levels
+      split), then a dense CRF per frame and its argmax;
+    - ``refine="none"``: the K-means threshold of the upsampled masks.
+    Without ``guide`` there is nothing to refine against and the last case applies.
     """
+    return refine_and_threshold(soft_at_full_size(soft, height, width, guide, colour_weight), guide, refine, seed, crf_params)
+
+
+def soft_at_full_size(soft: np.ndarray, height: int, width: int, guide: Optional[np.ndarray] = None,
+                      colour_weight: float = 0.0) -> np.ndarray:
+    """The first half of :func:`binarize`: upsampled soft masks with the colour model folded in
+    (shared by every refinement, so comparisons of refinements compute it once)."""
     full = upsample(soft, height, width)
     if guide is not None and colour_weight > 0:
         full = colour_model_refine(guide, full, weight=colour_weight)
-    if guide is not None and edge_refine:
+    return full
+
+
+def refine_and_threshold(full: np.ndarray, guide: Optional[np.ndarray] = None, refine: str = "guided", seed: int = 0,
+                         crf_params: Optional[CRFParams] = None) -> np.ndarray:
+    """The second half of :func:`binarize`: refinement and the video's threshold -> bool masks."""
+    if refine not in REFINEMENTS:
+        raise ValueError(f"unknown refinement {refine!r}; choose from {', '.join(REFINEMENTS)}")
+    if guide is not None and refine == "crf":
+        tau = float(np.clip(kmeans_threshold(full, seed=seed), 1e-3, 1 - 1e-3))
+        logit = np.log(np.clip(full, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(full, 1e-6, 1 - 1e-6))
+        centred = 1.0 / (1.0 + np.exp(-(logit - np.log(tau / (1 - tau)))))
+        return crf_refine(guide, centred.astype(np.float32), crf_params) > 0.5
+    if guide is not None and refine == "guided":
         full = guided_refine(guide, full)
     return full > kmeans_threshold(full, seed=seed)
