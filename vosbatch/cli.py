@@ -89,7 +89,8 @@ def _dataset_choices() -> List[str]:
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels (masks return at full size).")
 @click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
 @click.option("--refine-from", help="Masks of another run (path or s3://) or a DAVIS-layout PNG folder for the method to refine.")
-@click.option("--window-frames", default=150, show_default=True, help="Longer videos run in overlapping windows of this many frames.")
+@click.option("--window-frames", default=100, show_default=True,
+              help="Videos longer than this (plus the overlap) run in overlapping windows of this many frames.")
 @click.option("--window-overlap", default=16, show_default=True, help="Frames shared by consecutive windows.")
 @click.option("--workers", default=1, show_default=True, help="CPU actors (ignored when --gpus is set).")
 @click.option("--cpus-per-worker", type=int, help="Threads (CPUs) per actor (default: the cluster's CPUs shared out).")

@@ -21,7 +21,7 @@ class RunConfig:
     method_params: Dict[str, Any] = field(default_factory=dict)
     appearance_weight: float = 2.0  # weight of the per-video colour model's log-odds (0: off)
     refine: str = "guided"  # "guided" (edge-aware filter before binarising) | "crf" (dense CRF, the crf extra) | "none"
-    window_frames: int = 150  # longer videos are segmented in windows of this many frames: memory stays bounded
+    window_frames: int = 100  # longer videos are segmented in windows of this many frames: memory stays bounded
     window_overlap: int = 16  # frames shared by consecutive windows (the stitch switches at their middle)
     refine_from: Optional[str] = None  # a run or DAVIS-layout PNG folder whose masks the method refines
     device: str = "auto"

@@ -27,13 +27,14 @@ class Window:
 def plan_windows(num_frames: int, size: int, overlap: int) -> List[Window]:
     """Windows covering ``range(num_frames)``; every frame is kept from exactly one window.
 
-    A video of at most ``size`` frames (or ``size <= 0``) is one window. The last window is pulled
-    back to end at the last frame, so no window is shorter than ``size`` (short windows give the
-    temporal optimisation little to work with).
+    A video of at most ``size + overlap`` frames (or ``size <= 0``) is one window: cutting it would
+    cost a second window almost all of whose frames the first already did. Longer videos get
+    windows of exactly ``size`` frames; the last is pulled back to end at the last frame, so none is
+    shorter (short windows give the temporal optimisation little to work with).
     """
     if num_frames <= 0:
         return []
-    if size <= 0 or num_frames <= size:
+    if size <= 0 or num_frames <= size + overlap:
         return [Window(0, num_frames, 0, num_frames)]
     if not 0 <= overlap < size:
         raise ValueError(f"window overlap {overlap} must be in [0, {size})")
