@@ -1,0 +1,165 @@
+"""IKE: the implicit graph against explicitly built matrices, and the method on synthetic videos."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vosbatch.flow.base import BidirectionalFlow
+from vosbatch.methods import MethodInput, get_method
+from vosbatch.methods.ike.graph import (
+    ChainWarper,
+    FeatureProjection,
+    along_chain,
+    chain_weights,
+    leading_eigenvector,
+    propagate,
+)
+from vosbatch.methods.ike.net import NetConfig, train_and_predict
+from vosbatch.testing.synthetic import make_video
+
+
+def _iou(soft: np.ndarray, masks: np.ndarray) -> float:
+    """IoU of soft masks cut at the midpoint of their range, against boolean masks on the same grid."""
+    pred = soft > 0.5 * (soft.min() + soft.max())
+    return float((pred & masks).sum() / max(1, (pred | masks).sum()))
+
+
+def _integer_flow_video(frames=5, size=(6, 8), seed=0):
+    """Random integer flow fields (some chains leave the image): bilinear warps then pick exact pixels."""
+    rng = np.random.default_rng(seed)
+    fwd = rng.integers(-2, 3, (frames - 1, *size, 2)).astype(np.float32)
+    bwd = rng.integers(-2, 3, (frames - 1, *size, 2)).astype(np.float32)
+    return fwd, bwd
+
+
+def _explicit_chain_matrix(fwd: np.ndarray, bwd: np.ndarray, p: int, sigma: float) -> np.ndarray:
+    """M built edge by edge from the chain definition: follow each pixel's forward (backward) flow
+    for k = 1..p frames; the pixel *receives* from the chain pixel with weight g(k); M = I + ½(R + Rᵀ)."""
+    t_len = fwd.shape[0] + 1
+    h, w = fwd.shape[1:3]
+    n = t_len * h * w
+    g = chain_weights(p, sigma)
+    R = np.zeros((n, n))
+    ys, xs = np.mgrid[0:h, 0:w]
+    for t in range(t_len):
+        for direction, flows in ((1, fwd), (-1, bwd)):
+            y, x = ys.copy(), xs.copy()
+            alive = np.ones((h, w), bool)
+            for k in range(1, p + 1):
+                src_t = t + direction * (k - 1)
+                dst_t = src_t + direction
+                if not 0 <= dst_t < t_len:
+                    break
+                f = flows[src_t] if direction == 1 else flows[dst_t]  # backward[t]: frame t+1 -> t
+                yy, xx = np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)
+                x = x + f[yy, xx, 0].astype(int)
+                y = y + f[yy, xx, 1].astype(int)
+                alive &= (x >= 0) & (x < w) & (y >= 0) & (y < h)
+                rows = (t * h + ys) * w + xs
+                cols = (dst_t * h + np.clip(y, 0, h - 1)) * w + np.clip(x, 0, w - 1)
+                R[rows[alive], cols[alive]] += g[k]
+    return np.eye(n) + 0.5 * (R + R.T)
+
+
+def test_propagation_matches_explicit_chain_matrix():
+    fwd, bwd = _integer_flow_video()
+    p, sigma = 3, 2.0
+    M = _explicit_chain_matrix(fwd, bwd, p, sigma)
+    warper = ChainWarper(fwd, bwd, dtype=torch.float64)
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((5, 1, 6, 8)))
+    implicit = propagate(x, warper, p, sigma).reshape(-1).numpy()
+    np.testing.assert_allclose(implicit, M @ x.reshape(-1).numpy(), atol=1e-10)
+    assert np.allclose(M, M.T) and (M >= 0).all()
+
+
+def test_power_iteration_reaches_leading_eigenvector_of_pmp():
+    fwd, bwd = _integer_flow_video(seed=3)
+    p, sigma = 3, 2.0
+    M = _explicit_chain_matrix(fwd, bwd, p, sigma)
+    feats = torch.from_numpy(np.random.default_rng(4).random((5, 4, 6, 8))).float()
+    proj = FeatureProjection(feats, alpha=0.5)
+    Fm = proj.matrix().double().numpy()
+    P = Fm @ np.linalg.solve(Fm.T @ Fm + 0.5 * np.eye(Fm.shape[1]), Fm.T)
+    vals, vecs = np.linalg.eigh(P @ M @ P)
+    assert vals[-1] > abs(vals[0])  # the leading eigenvalue is also the largest in magnitude
+    v = vecs[:, -1]
+    warper = ChainWarper(fwd, bwd)
+    starts = []
+    for seed in (0, 1, 2):
+        res = leading_eigenvector(warper, proj, p, sigma, max_iter=500, tol=1e-5, seed=seed)
+        x = res.vector.reshape(-1).double().numpy()
+        assert abs(x @ v) / np.linalg.norm(x) > 0.999, seed
+        starts.append(res.iterations)
+    assert max(starts) < 500  # converged, not capped
+
+
+def test_along_chain_collects_values_at_chain_positions():
+    vid = make_video(frames=5, size=(24, 32), obj_size=(5, 7), obj_velocity=(2.0, 1.0), bg_velocity=(1.0, 0.0))
+    warper = ChainWarper(vid.forward, vid.backward)
+    t_idx = torch.arange(5, dtype=torch.float32)[:, None, None, None].expand(5, 1, 24, 32)
+    feats = along_chain(t_idx, warper, 2)  # offsets -2..2: the frame index found along the chain
+    assert feats.shape == (5, 5, 24, 32)
+    # in the middle frame, away from borders, every chain is alive and finds frame 2+k at offset k
+    centre = feats[2, :, 8:16, 8:16]
+    for j, k in enumerate(range(-2, 3)):
+        assert torch.allclose(centre[j], torch.full_like(centre[j], 2.0 + k), atol=1e-4)
+
+
+def _run(vid, flow=None, prior=None, **params):
+    fn, cls = get_method("ike")
+    flow = flow or BidirectionalFlow(vid.forward, vid.backward)
+    return fn(MethodInput(vid.frames, flow, prior=prior), cls(**params))
+
+
+def _grid_masks(masks, shape):
+    import torch.nn.functional as F
+    t = torch.from_numpy(masks.astype(np.float32))[:, None]
+    return F.adaptive_avg_pool2d(t, shape)[:, 0].numpy() > 0.5
+
+
+def test_graph_finds_moving_object_from_random_start():
+    vid = make_video(frames=10, size=(48, 64), obj_size=(9, 12), obj_velocity=(2.0, 1.0), bg_velocity=(-1.0, 0.5), seed=2)
+    for seed in (0, 1):
+        out = _run(vid, cycles=1, graph_stride=1, chain_length=6, feature_window=2, seed=seed)
+        assert out.soft.shape == vid.masks.shape and 0 <= out.soft.min() and out.soft.max() <= 1
+        assert _iou(out.stages["graph1"], vid.masks) > 0.7, seed
+
+
+def test_net_training_is_deterministic_and_learns():
+    vid = make_video(frames=6, size=(32, 48), obj_size=(7, 10), seed=5)
+    x = torch.from_numpy(vid.frames.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(vid.masks.astype(np.float32))[:, None]
+    cfg = NetConfig(width=8, steps=60, batch=3, lr=1e-2)
+    a, info = train_and_predict(x, y, 0.5, cfg, seed=1, device=torch.device("cpu"))
+    b, _ = train_and_predict(x, y, 0.5, cfg, seed=1, device=torch.device("cpu"))
+    c, _ = train_and_predict(x, y, 0.5, cfg, seed=2, device=torch.device("cpu"))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert info["loss_end"] < info["loss_start"]
+    assert _iou(a, vid.masks) > 0.6  # appearance alone separates the textured object
+
+
+def test_cycles_keep_or_improve_and_log_stages():
+    vid = make_video(frames=10, size=(48, 64), obj_size=(9, 12), obj_velocity=(2.0, 1.0), bg_velocity=(-1.0, 0.5), seed=7)
+    out = _run(vid, cycles=2, graph_stride=1, chain_length=6, feature_window=2, net_steps=60)
+    assert set(out.stages) == {"graph1", "net1", "graph2"}
+    assert {"seconds_graph1", "seconds_net1", "seconds_graph2"} <= set(out.info)
+    j1, j2 = _iou(out.stages["graph1"], vid.masks), _iou(out.stages["graph2"], vid.masks)
+    assert j2 > 0.7 and j2 >= j1 - 0.05
+    np.testing.assert_array_equal(out.soft, out.stages["graph2"])
+
+
+def test_refinement_uses_prior_where_motion_cannot():
+    # object and background move together: motion alone carries no segmentation
+    vid = make_video(frames=8, size=(48, 64), obj_size=(9, 12), obj_velocity=(1.0, 0.5), bg_velocity=(1.0, 0.5), seed=3)
+    rng = np.random.default_rng(0)
+    prior = vid.masks.astype(np.float32)
+    prior[2:4] = 0.0  # two frames missed by the other method
+    prior = np.clip(prior + 0.15 * rng.standard_normal(prior.shape), 0, 1).astype(np.float32)
+    with_prior = _run(vid, prior=prior, cycles=1, graph_stride=1, chain_length=6, feature_window=2)
+    assert _iou(with_prior.soft, vid.masks) > 0.7
+    # the chains carry the prior into the frames it missed
+    assert _iou(with_prior.soft[2:4], vid.masks[2:4]) > 0.5
+    without = _run(vid, cycles=1, graph_stride=1, chain_length=6, feature_window=2)
+    assert _iou(without.soft, vid.masks) < _iou(with_prior.soft, vid.masks) - 0.2

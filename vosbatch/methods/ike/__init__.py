@@ -1,0 +1,1 @@
+from .method import IkeConfig, ike  # noqa: F401

@@ -1,0 +1,182 @@
+"""IKE: iterative knowledge exchange between a space-time graph and a per-video network.
+
+Cycle 1 (unsupervised): node features are the camera-compensated motion collected along each
+pixel's chain; the leading eigenvector of P·M·P (:mod:`.graph`) is the first soft segmentation.
+Then, for each further cycle, a small network learns that segmentation from the frames
+(:mod:`.net`) and the graph runs again with the network's masks and its own previous output
+added to the features, so appearance (learned by the net) and motion (the chains) correct each
+other. ``prior`` masks (``--refine-from``) become node features from cycle 1 on (the paper's
+"general refinement procedure").
+
+Departure from the paper, on purpose: motion features are the *residual* flow after removing the
+camera's homography (:mod:`vosbatch.ops.motion`), not raw displacements, because camera motion
+dominates raw flow and would otherwise be what the eigenvector segments.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ...ops.motion import motion_saliency, per_frame_motion, residual_flow
+from ...postprocess.binarize import kmeans_threshold
+from ..base import MethodInput, MethodOutput, register_method
+from .net import NetConfig, train_and_predict
+from .graph import ChainWarper, FeatureProjection, along_chain, grid_flow, leading_eigenvector, to_grid
+
+
+@dataclass
+class IkeConfig:
+    graph_stride: int = 2  # working pixels per graph node (1 = one node per working pixel, as the paper)
+    chain_length: int = 15  # p: chain steps followed in each direction (official 15)
+    chain_sigma: float = 4.0  # σ of the Gaussian temporal weight of an edge
+    feature_window: int = 3  # q: features are collected over 2q+1 frames along the chain
+    ridge: float = 100.0  # α of the ridge regression in P (official 100)
+    power_max_iter: int = 20  # cap of the power iteration (official 20)
+    power_tol: float = 1e-3  # stop when the unit eigenvector changes less than this
+    symmetric: bool = True  # add the sending (adjoint) chains so M is exactly symmetric
+    normalise: str = "video"  # eigenvector -> [0,1]: "video" (one scale) or "frame" (per-frame scale)
+    motion: str = "residual"  # motion features: "residual" (camera-compensated) or "raw" flow
+    encoding: str = "linear"  # "linear": motion (x,y) and saliency; "levels": soft "moves more than τ× noise" indicators
+    levels: tuple = (2.0, 4.0, 8.0)  # τ of the "levels" encoding, in units of the frame's residual noise
+    cycles: int = 3  # graph cycles (a network is trained between consecutive ones)
+    net_width: int = 8  # channels of the network's first stage (x2, x4 below)
+    net_steps: int = 150  # AdamW steps per network cycle
+    net_batch: int = 4
+    net_lr: float = 3e-3
+    net_crop: int = 80  # training crop side in graph pixels (0: whole frames)
+    net_motion_input: bool = True  # feed the net the motion maps as well as RGB (the paper: RGB only)
+    later_motion: bool = True  # cycles >= 2 keep the motion features (paper) besides the masks
+    warm_start: bool = True  # cycles >= 2 start the power iteration from the mean of the net's and the last graph's masks
+    final: str = "graph"  # output: the last "graph" stage, or the "mean" of it and the last net
+    seed: int = 0
+
+
+def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
+    """Per-frame motion at working resolution (T,H,W,5): next/previous motion (x,y) and saliency."""
+    fwd, bwd = inp.flow.forward, inp.flow.backward
+    if cfg.motion == "residual":
+        fwd, bwd = residual_flow(fwd, seed=cfg.seed), residual_flow(bwd, seed=cfg.seed)
+    nxt, prv = per_frame_motion(fwd, bwd)
+    sal = motion_saliency(nxt, prv)
+    nxt = np.where(np.isnan(nxt), -np.nan_to_num(prv), nxt)  # first/last frame: the other direction
+    prv = np.where(np.isnan(prv), -np.nan_to_num(nxt), prv)
+    if cfg.encoding == "linear":
+        return np.concatenate([nxt, prv, sal[..., None]], -1).astype(np.float32)
+    # A linear function of raw motion cannot be 1 on an object and 0 elsewhere unless the object
+    # moves in one direction; soft indicators of "moves clearly more than the background's own
+    # flow error" (times the direction) can, whatever its direction, and stay 0 on the background.
+    noise = np.nanmedian(sal.reshape(sal.shape[0], -1), axis=1)[:, None, None] + 0.05
+    rel = sal / noise
+    mag = np.linalg.norm(nxt, axis=-1) + 1e-6
+    cos, sin = nxt[..., 0] / mag, nxt[..., 1] / mag
+    out = []
+    for tau in cfg.levels:
+        ind = 1.0 / (1.0 + np.exp(-2.0 * (rel - tau)))
+        out += [ind, ind * cos, ind * sin]
+    out.append(sal)
+    return np.stack(out, -1).astype(np.float32)
+
+
+def _soft_from_eigenvector(x: torch.Tensor, saliency: torch.Tensor, normalise: str) -> np.ndarray:
+    """Unit eigenvector (T,1,h,w) -> soft masks in [0,1].
+
+    An eigenvector's sign is arbitrary; the object is the side that moves against the camera, so
+    the sign is chosen to make x correlate positively with the motion saliency (not "the smaller
+    side", which fails whenever the object fills most of the frame). Negative values are
+    background; positives are scaled by a high quantile so one outlier pixel does not set the scale.
+    """
+    if float((x * (saliency - saliency.mean())).sum()) < 0:
+        x = -x
+    x = x.clamp_min(0)[:, 0]
+    if normalise == "frame":
+        scale = torch.quantile(x.reshape(x.shape[0], -1), 0.995, dim=1).clamp_min(1e-12)[:, None, None]
+    else:
+        flat = x.reshape(-1)
+        flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+        scale = torch.quantile(flat, 0.995).clamp_min(1e-12)
+    return (x / scale).clamp(0, 1).numpy().astype(np.float32)
+
+
+def _net_inputs(frames: np.ndarray, motion: Optional[torch.Tensor], hw) -> torch.Tensor:
+    """RGB on the graph grid, standardised over the video, plus (optionally) the motion maps scaled
+    to unit RMS: (T,C,h,w) float32."""
+    rgb = to_grid(frames.astype(np.float32) / 255.0, hw)
+    rgb = (rgb - rgb.mean(dim=(0, 2, 3), keepdim=True)) / rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+    if motion is None:
+        return rgb.contiguous()
+    mot = motion / motion.pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)
+    return torch.cat([rgb, mot], 1).contiguous()
+
+
+def _above_cut(soft: np.ndarray, cfg: IkeConfig) -> torch.Tensor:
+    """A mask as a node feature: (m - cut)₊ rescaled to [0,1], cut = the video's K-means threshold.
+
+    The background of a soft mask is rarely exactly 0; a small, nearly constant background level
+    would put the flat vector back into the feature span, and the leading eigenvector would then
+    spread over the background instead of staying on the object.
+    """
+    cut = kmeans_threshold(soft, seed=cfg.seed)
+    return torch.from_numpy(np.clip((soft - cut) / max(1e-6, 1.0 - cut), 0, 1).astype(np.float32))[:, None]
+
+
+def graph_cycle(warper: ChainWarper, parts: List[torch.Tensor], saliency: torch.Tensor, cfg: IkeConfig, seed: int,
+                start: Optional[torch.Tensor] = None):
+    """One graph stage: features along chains, projection, leading eigenvector, soft masks.
+
+    ``parts``: per-frame maps (T,C_i,h,w) stacked here so that the stack is freed as soon as the
+    features are built (the feature tensor is the method's peak memory)."""
+    maps = torch.cat(parts, 1)
+    feats = along_chain(maps, warper, cfg.feature_window)
+    del maps
+    proj = FeatureProjection(feats, cfg.ridge)
+    del feats
+    res = leading_eigenvector(warper, proj, cfg.chain_length, cfg.chain_sigma, cfg.power_max_iter, cfg.power_tol,
+                              seed=seed, start=start, symmetric=cfg.symmetric)
+    return _soft_from_eigenvector(res.vector, saliency, cfg.normalise), res
+
+
+@register_method("ike", IkeConfig)
+def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
+    t_len, H, W = inp.frames.shape[:3]
+    hw = (max(2, H // cfg.graph_stride), max(2, W // cfg.graph_stride))
+    info: Dict[str, float] = {}
+    stages: Dict[str, np.ndarray] = {}
+    t0 = time.perf_counter()
+    warper = ChainWarper(*grid_flow(inp.flow.forward, inp.flow.backward, hw))
+    motion = to_grid(_motion_maps(inp, cfg), hw)
+    saliency = motion[:, -1:]
+    extra: List[torch.Tensor] = []
+    if inp.prior is not None:
+        extra.append(to_grid(inp.prior, hw))
+    net_cfg = NetConfig(width=cfg.net_width, steps=cfg.net_steps, batch=cfg.net_batch, lr=cfg.net_lr, crop=cfg.net_crop)
+    net_inputs = _net_inputs(inp.frames, motion if cfg.net_motion_input else None, hw)
+    info["seconds_graph_setup"] = time.perf_counter() - t0
+    soft = None
+    for cycle in range(1, cfg.cycles + 1):
+        t0 = time.perf_counter()
+        parts = ([motion] if cycle == 1 or cfg.later_motion else []) + extra
+        start = None
+        if cycle > 1 and cfg.warm_start:
+            start = 0.5 * (torch.from_numpy(soft) + torch.from_numpy(pred))[:, None]
+        soft, res = graph_cycle(warper, parts, saliency, cfg, cfg.seed + cycle, start)
+        stages[f"graph{cycle}"] = soft
+        info[f"power_iterations_graph{cycle}"] = float(res.iterations)
+        info[f"seconds_graph{cycle}"] = time.perf_counter() - t0
+        if cycle == cfg.cycles:
+            break
+        t0 = time.perf_counter()
+        pred, ninfo = train_and_predict(net_inputs, torch.from_numpy(soft)[:, None], kmeans_threshold(soft, seed=cfg.seed),
+                                        net_cfg, seed=cfg.seed + cycle)
+        stages[f"net{cycle}"] = pred
+        info.update({f"net{cycle}_{k}": v for k, v in ninfo.items()})
+        info[f"seconds_net{cycle}"] = time.perf_counter() - t0
+        # later cycles: the graph sees its own previous output and the network's masks along chains
+        extra = extra[:1] if inp.prior is not None else []
+        extra += [_above_cut(soft, cfg), _above_cut(pred, cfg)]
+    if cfg.final == "mean" and cfg.cycles > 1:
+        soft = 0.5 * (soft + stages[f"net{cfg.cycles - 1}"])
+    return MethodOutput(soft, stages, info)
