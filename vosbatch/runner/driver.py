@@ -121,8 +121,16 @@ class RunStats:
     retries: int = 0
     sequences: int = 0
     startup_s: float = 0.0  # from creating the actors to the first sequence starting (model loading)
+    first_started: float = 0.0  # wall clock: the first sequence starts ...
+    last_finished: float = 0.0  # ... and the last one ends (their difference: the processing span)
     gaps_s: List[float] = field(default_factory=list)  # per actor: previous sequence's end -> next one's start
     events: List[str] = field(default_factory=list)
+
+    @property
+    def processing_s(self) -> float:
+        """Wall time from the first sequence starting to the last one finishing: the span over which
+        throughput is measured once the cluster and the actors' models are up."""
+        return max(0.0, self.last_finished - self.first_started)
 
     @property
     def overhead_per_sequence_s(self) -> float:
@@ -230,6 +238,8 @@ def run_sequences(
                 stats.gaps_s.append(row["_started"] - last_finished[actor])
             elif not stats.startup_s:
                 stats.startup_s = row["_started"] - t_created
+            stats.first_started = min(stats.first_started or row["_started"], row["_started"])
+            stats.last_finished = max(stats.last_finished, row["_finished"])
             last_finished[actor] = row.pop("_finished")
             row.pop("_started")
         rows.append(row)

@@ -155,7 +155,7 @@ def run_job(spec: JobSpec, cfg: RunConfig, resume: bool = False, explicit: Optio
                 sequences_ok=sum(r["status"] == "ok" for r in all_rows),
                 sequences_failed=sum(r["status"] != "ok" for r in all_rows), retries=stats.retries,
                 driver_overhead_s_per_sequence=round(stats.overhead_per_sequence_s, 3),
-                actor_startup_s=round(stats.startup_s, 2))
+                actor_startup_s=round(stats.startup_s, 2), processing_s=round(stats.processing_s, 2))
     store.write_run_info(info)
     return {"rows": rows, "all_rows": all_rows, "info": info, "stats": stats, "store": store,
             "skipped": len(seqs) - len(todo), "elapsed": elapsed, "counts": counts}
