@@ -155,7 +155,7 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
     net_cfg = NetConfig(width=cfg.net_width, steps=cfg.net_steps, batch=cfg.net_batch, lr=cfg.net_lr, crop=cfg.net_crop)
     net_inputs = _net_inputs(inp.frames, motion if cfg.net_motion_input else None, hw)
     info["seconds_graph_setup"] = time.perf_counter() - t0
-    soft = None
+    soft = pred = None  # the previous cycle's graph output and net prediction
     for cycle in range(1, cfg.cycles + 1):
         t0 = time.perf_counter()
         parts = ([motion] if cycle == 1 or cfg.later_motion else []) + extra
