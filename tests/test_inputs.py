@@ -168,10 +168,16 @@ def test_parquet_manifest(manifest_inputs, clip):
     _check_manifest_sequences(input_sequences([str(data / "list.parquet")]), clip)
 
 
-def test_manifest_without_path_column(tmp_path):
+def test_manifest_without_path_column_fails_alone(tmp_path):
+    """An unreadable manifest is one failed sequence naming it; the other inputs are still listed."""
     (tmp_path / "bad.csv").write_text("video,name\na.mp4,a\n")
+    (tmp_path / "frames").mkdir()
+    for i in range(3):
+        (tmp_path / "frames" / f"{i:05d}.jpg").write_bytes(b"x")
+    bad, good = input_sequences([str(tmp_path / "bad.csv"), str(tmp_path / "frames")])
     with pytest.raises(InputError, match="bad.csv: manifest has no 'path' column"):
-        input_sequences([str(tmp_path / "bad.csv")])
+        bad.check()
+    assert good.name == "frames" and good.num_frames == 3 and good.missing_reason is None
 
 
 # -- S3 (moto server on 127.0.0.1, inside loopback-ns) -----------------------------------------------
@@ -198,8 +204,9 @@ def test_s3_prefix_videos_and_frame_folders(s3_bucket, tmp_path, clip):
     client.put_object(Bucket=bucket, Key="batch/frames/walk/00003.png", Body=b"broken")
     with pytest.raises(InputError, match=rf"s3://{bucket}/batch/frames/walk/00003.png: cannot decode image"):
         walk.load_frames()
+    (empty,) = input_sequences([f"s3://{bucket}/nothing-here"])
     with pytest.raises(InputError, match="no objects under this prefix"):
-        input_sequences([f"s3://{bucket}/nothing-here"])
+        empty.check()
 
 
 def test_s3_manifest_with_s3_and_relative_entries(s3_bucket, tmp_path, clip):

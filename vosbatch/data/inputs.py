@@ -15,8 +15,8 @@ Each input string is one of
 Sequence names must be usable as Hive partition values and unique within a run: characters other
 than letters, digits, ``.``, ``_`` and ``-`` become ``_``, and repeated names get ``-2``, ``-3``...
 in input order. An entry that does not exist or is not a video/frame folder still yields a
-Sequence, whose ``missing_reason`` makes it a clear ``failed`` row; a manifest or prefix that cannot
-be read at all raises :class:`InputError`.
+Sequence, whose ``missing_reason`` makes it a clear ``failed`` row; so does a manifest or prefix
+that cannot be read at all (one bad input never stops the others).
 """
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def input_sequences(inputs: List[str], dataset: str = DEFAULT_DATASET) -> List[S
     seqs: List[Sequence] = []
     for item in inputs:
         item = str(item)
-        seqs += _manifest(item, dataset) if _suffix(item) in MANIFEST_SUFFIXES else _entry(item, dataset)
+        seqs += _listed(item, dataset, lambda: _manifest(item, dataset) if _suffix(item) in MANIFEST_SUFFIXES
+                        else _entry(item, dataset))
     for seq, name in zip(seqs, unique_names([safe_name(s.name) for s in seqs])):
         seq.name = name
     return seqs
@@ -237,7 +238,15 @@ def _manifest(location: str, dataset: str) -> List[Sequence]:
         path = _resolve(row["path"], base)
         gt = _resolve(row["gt"], base) if row.get("gt") else None
         name = row.get("name") or (PurePosixPath(path.rstrip("/")).stem if _suffix(path) in VIDEO_SUFFIXES else _basename(path))
-        out += _entry(path, dataset, name=name, gt=gt)
+        out += _listed(path, dataset, lambda: _entry(path, dataset, name=name, gt=gt), name)
     return out
+
+
+def _listed(location: str, dataset: str, describe, name: Optional[str] = None) -> List[Sequence]:
+    """``describe()``, or one failed sequence carrying its error when the input cannot be listed."""
+    try:
+        return describe()
+    except InputError as e:
+        return [_missing(dataset, name or _basename(location.rstrip("/")) or location, str(e))]
 
 
