@@ -159,10 +159,7 @@ def plan_datasets(cfg: dict, stamp: str, extra: List[str], on_cluster: bool) -> 
 # --------------------------------------------------------------------------------------------------
 def run_store(uri: str, endpoint_url: Optional[str] = None) -> RunStore:
     """A store for ``uri``; ``endpoint_url`` (http://host:port) points s3:// at an S3-compatible server."""
-    if endpoint_url and uri.startswith("s3://"):
-        scheme, _, host = endpoint_url.partition("://")
-        return RunStore(uri, endpoint_override=host or scheme, scheme=scheme if host else "https")
-    return RunStore(uri)
+    return RunStore(uri, endpoint_url=endpoint_url)
 
 
 def write_file(run_uri: str, name: str, data: bytes, endpoint_url: Optional[str] = None) -> None:

@@ -20,6 +20,12 @@ def is_s3(location: PathLike) -> bool:
     return isinstance(location, str) and location.startswith("s3://")
 
 
+def endpoint_options(endpoint_url: str) -> dict:
+    """pyarrow S3 options for an endpoint URL (``http://host:port``; no scheme means https)."""
+    scheme, _, host = endpoint_url.partition("://")
+    return {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
+
+
 def filesystem_for(uri: str, **s3_options) -> Tuple[pafs.FileSystem, str]:
     """The filesystem holding ``uri`` and the path inside it (``bucket/key`` for S3, absolute locally).
 
@@ -29,8 +35,7 @@ def filesystem_for(uri: str, **s3_options) -> Tuple[pafs.FileSystem, str]:
     if is_s3(uri):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_override" not in s3_options:
-            scheme, _, host = endpoint.partition("://")
-            s3_options = dict(s3_options, endpoint_override=host or scheme, scheme=scheme if host else "https")
+            s3_options = dict(s3_options, **endpoint_options(endpoint))
         key = uri[len("s3://"):].rstrip("/")
         try:
             return _s3_filesystem(tuple(sorted(s3_options.items())), _credential_env()), key

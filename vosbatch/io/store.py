@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..errors import OutputError
-from .fs import filesystem_for
+from .fs import endpoint_options, filesystem_for
 from .png import encode_mask
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,6 @@ METRIC_FIELDS = [
 METRIC_SCHEMA = pa.schema(METRIC_FIELDS)
 
 
-def _fs_and_path(uri: str, **s3_options):
-    return filesystem_for(uri, **s3_options)
-
-
 class RunStore:
     """Read and write one run's files, atomically per file."""
 
@@ -84,9 +80,8 @@ class RunStore:
         always come from the standard AWS chain (environment, profile, instance role), never from here."""
         self.uri = run_uri.rstrip("/")
         if endpoint_url and run_uri.startswith("s3://"):
-            scheme, _, host = endpoint_url.partition("://")
-            s3_options = dict(s3_options, endpoint_override=host or scheme, scheme=scheme if host else "https")
-        self.fs, self.root = _fs_and_path(run_uri, **s3_options)
+            s3_options = dict(s3_options, **endpoint_options(endpoint_url))
+        self.fs, self.root = filesystem_for(run_uri, **s3_options)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     # -- low level -------------------------------------------------------------------------
@@ -187,7 +182,23 @@ class RunStore:
         resumed run skips. Failed rows, other configurations and metrics without masks are redone."""
         rows = self._read_dataset("metrics", columns=["dataset", "sequence", "status", "config_hash"]).to_pylist()
         done = {(r["dataset"], r["sequence"]) for r in rows if r["status"] == "ok" and r["config_hash"] == config_hash}
-        return {key for key in done if self.exists(self.partition("masks", *key))}
+        return done & self._stored("masks")
+
+    def _stored(self, kind: str) -> set:
+        """(dataset, sequence) of every ``kind`` file, from one recursive listing (not a request per
+        sequence: a resumed corpus run may hold millions on S3)."""
+        base = f"{self.root}/{kind}"
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        except (OSError, pa.ArrowException):
+            return set()
+        keys = set()
+        for info in infos:
+            parts = info.path[len(base) + 1:].split("/")
+            if len(parts) == 3 and parts[2] == "part-0.parquet" and parts[0].startswith("dataset=") \
+                    and parts[1].startswith("sequence="):
+                keys.add((parts[0][len("dataset="):], parts[1][len("sequence="):]))
+        return keys
 
     def read_masks(self, dataset: Optional[str] = None, sequence: Optional[str] = None) -> pa.Table:
         flt = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -191,7 +192,7 @@ def run_sequences(
         from ..io.store import RunStore
 
         store = RunStore(run_uri, **(store_options or {}))
-    queue = sorted(sequences, key=lambda s: -s.num_frames)  # longest first: no long tail at the end
+    queue = deque(sorted(sequences, key=lambda s: -s.num_frames))  # longest first: no long tail at the end
     t_created = time.time()
     actors = [actor_cls.remote(*args) for _ in range(min(n_actors, max(1, len(queue))))]
     stats.actors, stats.sequences = len(actors), len(queue)
@@ -202,7 +203,7 @@ def run_sequences(
 
     def submit(actor) -> None:
         if queue:
-            seq = queue.pop(0)
+            seq = queue.popleft()
             in_flight[actor.process.remote(seq)] = (actor, seq)
 
     for a in actors:
@@ -224,7 +225,7 @@ def run_sequences(
                 stats.events.append(f"retry {attempts[key]}/{retries} {key}: {reason}")
                 if on_retry:
                     on_retry(seq, reason)
-                queue.insert(0, seq)
+                queue.appendleft(seq)
                 submit(actor)
                 continue
             row = failed_row(seq, cfg, f"{reason} (gave up after {retries} retries)")

@@ -89,7 +89,8 @@ def segment_sequence(segmenter: VideoSegmenter, seq: Sequence, seconds: Dict[str
         gt = seq.load_gt(size, win.start, win.stop) if len(windows) > 1 else seq.load_gt(size)
         prior = load_prior_masks(cfg.refine_from, seq.dataset, seq.name, names[win.start:win.stop]) if cfg.refine_from else None
         seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - t0
-        result = segmenter.segment(frames, prior=prior)
+        # intermediate stages are binarised only to be scored: without GT that would be wasted work
+        result = segmenter.segment(frames, prior=prior, keep_stages=gt is not None)
         for k, v in result.seconds.items():
             seconds[k] = seconds.get(k, 0.0) + v
         t0 = time.perf_counter()
