@@ -162,3 +162,35 @@ def test_refinement_uses_prior_where_motion_cannot():
     assert _iou(with_prior.soft[2:4], vid.masks[2:4]) > 0.5
     without = _run(vid, cycles=1, graph_stride=1, chain_length=6, feature_window=2)
     assert _iou(without.soft, vid.masks) < _iou(with_prior.soft, vid.masks) - 0.2
+
+
+def test_net_output_starts_at_foreground_rate():
+    """Untrained, the net must predict the labels' foreground rate on the background, not 0.5.
+
+    From a 0.5 start the background falls only as fast as Adam moves the head's bias (≈ lr per step):
+    on DAVIS car-shadow (6 % object, 150 steps on crops) the net kept a flat 0.31 background, which
+    the colour model of the binarisation then read as "all foreground" (J 0.82 raw -> 0.06)."""
+    vid = make_video(frames=6, size=(48, 64), obj_size=(5, 7), seed=5)
+    x = torch.from_numpy(vid.frames.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(vid.masks.astype(np.float32))[:, None]
+    rate = vid.masks.mean()
+    bg = {}
+    for prior in (True, False):
+        cfg = NetConfig(width=8, steps=2, batch=3, lr=1e-7, crop=24, prior_bias=prior)  # ~no training
+        pred, _ = train_and_predict(x, y, 0.5, cfg, seed=1, device=torch.device("cpu"))
+        bg[prior] = float(np.median(pred[~vid.masks]))
+    assert abs(bg[True] - rate) < 0.05 and bg[False] > 0.3, (bg, rate)
+
+
+def test_soft_masks_scaled_per_frame():
+    """An eigenvector fading towards the video's end (fewer chain edges there) keeps the object in
+    every frame with the per-frame scale."""
+    from vosbatch.methods.ike.method import _soft_from_eigenvector
+
+    obj = torch.zeros(6, 1, 8, 8)
+    obj[:, :, 2:5, 2:5] = 1.0
+    fade = torch.tensor([1.0, 1.0, 0.8, 0.5, 0.3, 0.2])[:, None, None, None]
+    x = obj * fade - 0.05 * (1 - obj)
+    soft = _soft_from_eigenvector(x, obj, "frame")
+    assert np.allclose(soft[:, 2:5, 2:5], 1.0) and np.allclose(soft[:, 0, 0], 0.0)
+    assert _soft_from_eigenvector(x, obj, "video")[-1, 3, 3] < 0.5

@@ -14,7 +14,8 @@ The Feature-Motion matrix of the paper is ``A = P·M·P``:
   where Rᵀ is the exact adjoint of the bilinear warp (each pixel *sends* its value along the
   chain as well as receiving). M is symmetric and non-negative, memory is O(frames × pixels).
 * **P** (feature projection). Every node has a feature vector F_i; ``P x = F (FᵀF + αI)⁻¹ Fᵀ x``
-  is the ridge-regression fit of x by the features (α the regulariser, official 100).
+  is the ridge-regression fit of x by the features (α the regulariser: official 100, which is
+  negligible against FᵀF ~ N for unit-RMS features; the method sets α per node, ``IkeConfig.ridge``).
 
 The segmentation is the leading eigenvector of A, found by power iteration without building A:
 ``x ← M x; x ← P x; x ← x / ‖x‖`` from a seeded random start, until it stops changing.
