@@ -85,7 +85,7 @@ def _dataset_choices() -> List[str]:
 @click.option("--appearance-weight", default=2.0, show_default=True,
               help="Weight of the per-video colour model when binarising (0 disables it).")
 @click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "crf", "none"]),
-              help="Refinement before binarising: guided filter (default), dense CRF (needs the crf extra) or none.")
+              help="Refinement before binarising: guided filter (default), guided filter then dense CRF (needs the crf extra) or none.")
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels (masks return at full size).")
 @click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
 @click.option("--refine-from", help="Masks of another run (path or s3://) or a DAVIS-layout PNG folder for the method to refine.")
@@ -258,7 +258,7 @@ def report(run, out, compare, data_root, sequences, curves, video_format, fps, w
 @click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fast, raft-small, raft.")
 @click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
 @click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "crf", "none"]),
-              help="guided: edge-aware filter (default); crf: dense CRF (needs the crf extra); none.")
+              help="guided: edge-aware filter (default); crf: guided filter then dense CRF (needs the crf extra); none.")
 @click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
 @click.option("--gt", "gt_folder", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of ground-truth PNGs named like the frames (00000.png... for a video): adds J&F.")

@@ -57,9 +57,10 @@ def binarize(
     (``colour_weight`` > 0, :mod:`vosbatch.postprocess.appearance`); then
     - ``refine="guided"``: snap edges to the image with the guided filter, then one K-means (K=2)
       threshold for the whole video;
-    - ``refine="crf"``: the K-means threshold τ first, the probabilities re-centred so that τ maps to
-      0.5 (σ(logit p - logit τ): the CRF's unary must put the decision where the video's two levels
-      split), then a dense CRF per frame and its argmax;
+    - ``refine="crf"``: the guided filter first (its edge-snapped probabilities are a sharper unary
+      than the blocky upsampled ones), the K-means threshold τ of that, the probabilities re-centred
+      so that τ maps to 0.5 (σ(logit p - logit τ): the CRF's unary must put the decision where the
+      video's two levels split), then a dense CRF per frame and its argmax;
     - ``refine="none"``: the K-means threshold of the upsampled masks.
     Without ``guide`` there is nothing to refine against and the last case applies.
     """
@@ -81,11 +82,11 @@ def refine_and_threshold(full: np.ndarray, guide: Optional[np.ndarray] = None, r
     """The second half of :func:`binarize`: refinement and the video's threshold -> bool masks."""
     if refine not in REFINEMENTS:
         raise ValueError(f"unknown refinement {refine!r}; choose from {', '.join(REFINEMENTS)}")
+    if guide is not None and refine in ("guided", "crf"):
+        full = guided_refine(guide, full)
     if guide is not None and refine == "crf":
         tau = float(np.clip(kmeans_threshold(full, seed=seed), 1e-3, 1 - 1e-3))
         logit = np.log(np.clip(full, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(full, 1e-6, 1 - 1e-6))
         centred = 1.0 / (1.0 + np.exp(-(logit - np.log(tau / (1 - tau)))))
         return crf_refine(guide, centred.astype(np.float32), crf_params) > 0.5
-    if guide is not None and refine == "guided":
-        full = guided_refine(guide, full)
     return full > kmeans_threshold(full, seed=seed)
