@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from vosbatch.flow.base import BidirectionalFlow
@@ -141,7 +142,7 @@ def test_net_training_is_deterministic_and_learns():
 
 def test_cycles_keep_or_improve_and_log_stages():
     vid = make_video(frames=10, size=(48, 64), obj_size=(9, 12), obj_velocity=(2.0, 1.0), bg_velocity=(-1.0, 0.5), seed=7)
-    out = _run(vid, cycles=2, graph_stride=1, chain_length=6, feature_window=2, net_steps=60)
+    out = _run(vid, cycles=2, graph_stride=1, chain_length=6, feature_window=2, net_steps=60, final="graph")
     assert set(out.stages) == {"graph1", "net1", "graph2"}
     assert {"seconds_graph1", "seconds_net1", "seconds_graph2"} <= set(out.info)
     j1, j2 = _iou(out.stages["graph1"], vid.masks), _iou(out.stages["graph2"], vid.masks)
@@ -194,3 +195,15 @@ def test_soft_masks_scaled_per_frame():
     soft = _soft_from_eigenvector(x, obj, "frame")
     assert np.allclose(soft[:, 2:5, 2:5], 1.0) and np.allclose(soft[:, 0, 0], 0.0)
     assert _soft_from_eigenvector(x, obj, "video")[-1, 3, 3] < 0.5
+
+
+def test_final_output_choice():
+    """``final`` picks the last graph, the last net or their mean; anything else is refused up front."""
+    vid = make_video(frames=6, size=(32, 48), obj_size=(7, 9), obj_velocity=(2.0, 1.0), seed=3)
+    kw = dict(cycles=2, graph_stride=1, chain_length=4, feature_window=1, net_steps=10)
+    by_net = _run(vid, final="net", **kw)
+    np.testing.assert_array_equal(by_net.soft, by_net.stages["net1"])
+    mean = _run(vid, final="mean", **kw)
+    np.testing.assert_allclose(mean.soft, 0.5 * (mean.stages["graph2"] + mean.stages["net1"]), rtol=1e-6)
+    with pytest.raises(ValueError, match="final='last'"):
+        _run(vid, final="last", **kw)
