@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..flow.base import resize_flow
 from ..flow.reliability import photometric_reliability
+from ..ops.grid import area_to_grid
 from ..ops.motion import motion_saliency, per_frame_motion, residual_flow
 from ..ops.spectral import affinity, bipartition_soft, second_eigenvector
 from ..ops.warp import backward_warp
@@ -58,7 +59,7 @@ class GlobalOptConfig:
     lam: float = 1.0  # λ in Eq. (1)
     reliability_in: str = "both"  # where flow-quality masks apply: "both", "affinity" (Eq. 2) or "optimisation" (Eq. 1)
     warp_reliability: str = "photometric"  # Eq. 1's warp weights: "input" (the run's flow-quality masks, if any) or
-    # "photometric" (computed here for the warp terms alone, whatever the run's --flow-reliability)
+    # "photometric" (the run's masks when it has them, else computed here for the warp terms alone)
     warp_span: int = 1  # T: warp terms between frames up to ±T apart (supp. B); T>1 chains the flows
     scales: int = 1  # multi-scale: 2 solves on the half-size grid first, then on the optimisation grid
     lbfgs_max_iter: int = 100  # per scale
@@ -71,17 +72,8 @@ def feature_grid(work_hw: Tuple[int, int], cfg: GlobalOptConfig) -> Tuple[int, i
 
 
 def _to_grid(x: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
-    """Area-average (T,H,W[,C]) maps onto an (h,w) grid, ignoring NaNs cell by cell."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    if t.ndim == 3:
-        t = t[..., None]
-    t = t.permute(0, 3, 1, 2)
-    finite = torch.isfinite(t).float()
-    num = F.adaptive_avg_pool2d(torch.nan_to_num(t), hw)
-    den = F.adaptive_avg_pool2d(finite, hw)
-    out = num / den.clamp_min(1e-6)
-    out[den < 0.5] = float("nan")
-    return out.permute(0, 2, 3, 1).numpy()
+    """(T,H,W[,C]) maps area-averaged on an (h,w) grid, channels last (NaN-aware, :mod:`..ops.grid`)."""
+    return area_to_grid(x, hw).permute(0, 2, 3, 1).numpy()
 
 
 def _motion_features(res: np.ndarray, scale: float) -> Tuple[np.ndarray, np.ndarray]:

@@ -212,16 +212,5 @@ def leading_eigenvector(
     return PowerResult(x, it, change)
 
 
-def to_grid(maps: np.ndarray, hw: Tuple[int, int]) -> torch.Tensor:
-    """(T,H,W[,C]) maps -> (T,C,h,w) area-averaged on the graph grid."""
-    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
-    if t.ndim == 3:
-        t = t[..., None]
-    t = t.permute(0, 3, 1, 2)
-    if tuple(t.shape[-2:]) == tuple(hw):
-        return t.contiguous()
-    return F.adaptive_avg_pool2d(t, hw)
-
-
 def grid_flow(forward: np.ndarray, backward: np.ndarray, hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     return resize_flow(forward, *hw), resize_flow(backward, *hw)

@@ -25,7 +25,8 @@ from ...ops.motion import motion_saliency, per_frame_motion, residual_flow
 from ...postprocess.binarize import kmeans_threshold
 from ..base import MethodInput, MethodOutput, register_method
 from .net import NetConfig, train_and_predict
-from .graph import ChainWarper, FeatureProjection, along_chain, grid_flow, leading_eigenvector, to_grid
+from ...ops.grid import area_to_grid
+from .graph import ChainWarper, FeatureProjection, along_chain, grid_flow, leading_eigenvector
 
 
 @dataclass
@@ -116,7 +117,7 @@ def _soft_from_eigenvector(x: torch.Tensor, saliency: torch.Tensor, normalise: s
 def _net_inputs(frames: np.ndarray, motion: Optional[torch.Tensor], hw) -> torch.Tensor:
     """RGB on the graph grid, standardised over the video, plus (optionally) the motion maps scaled
     to unit RMS: (T,C,h,w) float32."""
-    rgb = to_grid(frames.astype(np.float32) / 255.0, hw)
+    rgb = area_to_grid(frames.astype(np.float32) / 255.0, hw)
     rgb = (rgb - rgb.mean(dim=(0, 2, 3), keepdim=True)) / rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
     if motion is None:
         return rgb.contiguous()
@@ -124,14 +125,13 @@ def _net_inputs(frames: np.ndarray, motion: Optional[torch.Tensor], hw) -> torch
     return torch.cat([rgb, mot], 1).contiguous()
 
 
-def _above_cut(soft: np.ndarray, cfg: IkeConfig) -> torch.Tensor:
+def _above_cut(soft: np.ndarray, cut: float) -> torch.Tensor:
     """A mask as a node feature: (m - cut)₊ rescaled to [0,1], cut = the video's K-means threshold.
 
     The background of a soft mask is rarely exactly 0; a small, nearly constant background level
     would put the flat vector back into the feature span, and the leading eigenvector would then
     spread over the background instead of staying on the object.
     """
-    cut = kmeans_threshold(soft, seed=cfg.seed)
     return torch.from_numpy(np.clip((soft - cut) / max(1e-6, 1.0 - cut), 0, 1).astype(np.float32))[:, None]
 
 
@@ -164,11 +164,11 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
     stages: Dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     warper = ChainWarper(*grid_flow(inp.flow.forward, inp.flow.backward, hw))
-    motion = to_grid(_motion_maps(inp, cfg), hw)
+    motion = area_to_grid(_motion_maps(inp, cfg), hw)
     saliency = motion[:, -1:]
     extra: List[torch.Tensor] = []
     if inp.prior is not None:
-        extra.append(to_grid(inp.prior, hw))
+        extra.append(area_to_grid(inp.prior, hw))
     net_cfg = NetConfig(width=cfg.net_width, steps=cfg.net_steps, batch=cfg.net_batch, lr=cfg.net_lr, crop=cfg.net_crop,
                         norm=cfg.net_norm)
     net_inputs = _net_inputs(inp.frames, motion if cfg.net_motion_input else None, hw)
@@ -187,14 +187,14 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
         if cycle == cfg.cycles:
             break
         t0 = time.perf_counter()
-        pred, ninfo = train_and_predict(net_inputs, torch.from_numpy(soft)[:, None], kmeans_threshold(soft, seed=cfg.seed),
-                                        net_cfg, seed=cfg.seed + cycle)
+        cut = kmeans_threshold(soft, seed=cfg.seed)  # the graph's own object/background split
+        pred, ninfo = train_and_predict(net_inputs, torch.from_numpy(soft)[:, None], cut, net_cfg, seed=cfg.seed + cycle)
         stages[f"net{cycle}"] = pred
         info.update({f"net{cycle}_{k}": v for k, v in ninfo.items()})
         info[f"seconds_net{cycle}"] = time.perf_counter() - t0
         # later cycles: the graph sees its own previous output and the network's masks along chains
         extra = extra[:1] if inp.prior is not None else []
-        extra += [_above_cut(soft, cfg), _above_cut(pred, cfg)]
+        extra += [_above_cut(soft, cut), _above_cut(pred, kmeans_threshold(pred, seed=cfg.seed))]
     if cfg.cycles > 1 and cfg.final != "graph":
         net = stages[f"net{cfg.cycles - 1}"]
         soft = net if cfg.final == "net" else 0.5 * (soft + net)
