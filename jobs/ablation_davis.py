@@ -29,56 +29,30 @@ from typing import Dict, List, Optional
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads stall contended CPUs
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from vosbatch.config import RunConfig  # noqa: E402
+from vosbatch.config import RunConfig, parse_method_params  # noqa: E402
 from vosbatch.data import davis_sequences  # noqa: E402
 from vosbatch.features.vit import VIT_MODELS  # noqa: E402
-from vosbatch.flow.cache import cached_flow  # noqa: E402
-from vosbatch.methods import MethodInput  # noqa: E402
 from vosbatch.metrics import evaluate_sequence  # noqa: E402
-from vosbatch.pipeline import VideoSegmenter, working_size  # noqa: E402
+from vosbatch.pipeline import VideoSegmenter  # noqa: E402
 from vosbatch.postprocess.binarize import refine_and_threshold, soft_at_full_size  # noqa: E402
 from vosbatch.postprocess.crf import CRFParams, crf_available  # noqa: E402
 
 DEFAULT_RAFT_SMALL = Path(__file__).resolve().parent.parent.parent / "shared" / "models" / "raft-small.pth"
 
 
-def parse_params(items: List[str]) -> Dict[str, object]:
-    out: Dict[str, object] = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def soft_masks(segmenter: VideoSegmenter, frames: np.ndarray, flow_cache: Optional[str]) -> Dict[str, object]:
-    """The method's soft masks (final and "init") for one video, with per-stage seconds.
-
-    The same steps as :meth:`VideoSegmenter.segment` up to (not including) binarisation, which the
-    ablation applies itself, once per refinement.
-    """
-    cfg = segmenter.cfg
-    h, w = working_size(frames.shape[1], frames.shape[2], cfg.work_height)
-    small = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]) if (h, w) != frames.shape[1:3] else frames
-    t0 = time.perf_counter()
-    flow = cached_flow(segmenter.flow, small, flow_cache)
-    t_flow = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    grid = segmenter._feature_grid((h, w))
-    feats = segmenter.features(small, grid) if grid else None
-    t_feat = time.perf_counter() - t0
-    out = segmenter.method_fn(MethodInput(small, flow, feats), segmenter.method_cfg)
-    return {"soft": out.soft, "init": out.stages["init"], "seconds_flow": t_flow, "seconds_features": t_feat,
-            "seconds_init": out.info.get("seconds_init", 0.0), "seconds_optimise": out.info.get("seconds_optimise", 0.0)}
+def soft_masks(segmenter: VideoSegmenter, frames: np.ndarray) -> Dict[str, object]:
+    """The method's soft masks (final and "init") for one video, with per-stage seconds; the
+    ablation binarises them itself, once per refinement."""
+    out, seconds = segmenter.method_output(frames)
+    return {"soft": out.soft, "init": out.stages["init"], "seconds_flow": seconds.get("flow", 0.0),
+            "seconds_features": seconds.get("features", 0.0), "seconds_init": seconds.get("init", 0.0),
+            "seconds_optimise": seconds.get("optimise", 0.0)}
 
 
 def config_tag(cfg: RunConfig) -> str:
@@ -90,7 +64,7 @@ def run_configuration(cfg: RunConfig, sequences, refinements: List[str], run_dir
                       crf_params: Optional[CRFParams] = None) -> List[Dict]:
     """Per-sequence rows for one (flow, features) pair and every refinement."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
-    segmenter = VideoSegmenter(cfg)
+    segmenter = VideoSegmenter(cfg, flow_cache)
     soft_dir = run_dir / "soft" / f"flow={cfg.flow}" / f"features={cfg.features}" / config_tag(cfg)
     soft_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -103,7 +77,7 @@ def run_configuration(cfg: RunConfig, sequences, refinements: List[str], run_dir
                 res = {k: z[k] for k in z.files}
                 res = {k: (float(v) if v.ndim == 0 else v) for k, v in res.items()}
         else:
-            res = soft_masks(segmenter, frames, flow_cache)
+            res = soft_masks(segmenter, frames)
             np.savez(path, **res)
         n = len(frames)
         t0 = time.perf_counter()
@@ -213,7 +187,7 @@ def main() -> int:
                              f"meaningless as appearance); pass --feature-weights {features}=PTH to add them")
                 continue
             configs.append(RunConfig(flow=flow, flow_weights=flow_weights, features=features,
-                                     feature_weights=feature_weights.get(features), method_params=parse_params(args.param)))
+                                     feature_weights=feature_weights.get(features), method_params=parse_method_params(args.param)))
     if not any(f in VIT_MODELS for f in args.features.split(",")):
         notes.append("feature backend: colour only (offline): no pretrained ViT (DINO) weights exist here, "
                      "so the paper's DINO rows cannot be reproduced; add them with --features dino-vits16 --feature-weights dino-vits16=PTH")
@@ -236,7 +210,7 @@ def main() -> int:
     write(rows, run_dir / "per_sequence")
     table = summarise_rows(rows)
     write(table, run_dir / "ablation")
-    meta = {"notes": notes, "method_params": parse_params(args.param), "crf_max_height": args.crf_max_height, "seconds": time.time() - t0,
+    meta = {"notes": notes, "method_params": parse_method_params(args.param), "crf_max_height": args.crf_max_height, "seconds": time.time() - t0,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "sequences": [s.name for s in sequences]}
     (run_dir / "ablation.json").write_text(json.dumps(meta, indent=2))
     print()

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from vosbatch.config import parse_method_params
 from vosbatch.data.davis import davis_sequences
 from vosbatch.flow import create_flow
 from vosbatch.flow.cache import cached_flow
@@ -28,13 +29,6 @@ from vosbatch.methods import MethodInput, get_method
 from vosbatch.metrics.davis import evaluate_sequence
 from vosbatch.pipeline import working_size
 from vosbatch.postprocess.binarize import binarize
-
-
-def parse_value(v: str):
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
 
 
 def main() -> None:
@@ -51,8 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     fn, cls = get_method("ike")
-    params = dict(kv.split("=", 1) for kv in args.p)
-    cfg = cls(**{k: parse_value(v) for k, v in params.items()})
+    cfg = cls(**parse_method_params(args.p))
     kwargs = {}
     if args.flow.startswith("raft"):
         kwargs = {"weights": args.flow_weights, "device": "cpu", "iters": 12}

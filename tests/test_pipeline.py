@@ -39,3 +39,23 @@ def test_raft_small_pipeline(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 1  # flows cached once per sequence
     again = seg.segment(vid.frames)
     assert np.array_equal(first.masks, again.masks)  # a cache hit gives the same result
+
+
+def test_method_output_is_what_segment_binarises():
+    """The ablation binarises ``method_output`` itself; it must be the soft masks ``segment`` returns."""
+    vid = make_video(frames=6, size=(64, 96), obj_velocity=(3.0, 1.0), seed=2)
+    seg = VideoSegmenter(RunConfig(flow="dis", method_params={"grid_stride": 4, "opt_stride": 2}))
+    out, seconds = seg.method_output(vid.frames)
+    res = seg.segment(vid.frames)
+    np.testing.assert_array_equal(out.soft, res.soft)
+    np.testing.assert_array_equal(seg.binarize(vid.frames, out.soft), res.masks)
+    assert {"flow", "features", "init", "optimise"} <= set(seconds) and "binarize" not in seconds
+
+
+def test_method_params_parse_json_values_else_strings():
+    from vosbatch.config import parse_method_params
+
+    assert parse_method_params(["lam=1", "optimise=false", "split=ncut", "levels=[2, 4]"]) == \
+        {"lam": 1, "optimise": False, "split": "ncut", "levels": [2, 4]}
+    with pytest.raises(ValueError, match="'lam': expected KEY=VALUE"):
+        parse_method_params(["lam"])

@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import click
 
+from .config import parse_method_params
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Idle OpenMP threads must sleep, not spin: with several torch processes (Ray actors) on few cores,
 # spinning threads starve the busy ones (measured here: 10-20x slower). Set before torch loads.
@@ -17,16 +19,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def _parse_params(items) -> dict:
     """``-p lam=1 -p optimise=false`` -> {"lam": 1, "optimise": False} (JSON values, else strings)."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--param")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
+    try:
+        return parse_method_params(items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--param") from exc
 
 
 def _split_csv(value: Optional[str]) -> Optional[List[str]]:

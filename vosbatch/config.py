@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 
 @dataclass
@@ -34,3 +34,18 @@ class RunConfig:
         """Stable hash of what determines the output (not where it goes)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_method_params(items: Iterable[str]) -> Dict[str, Any]:
+    """``["lam=1", "optimise=false", "split=ncut"]`` -> {"lam": 1, "optimise": False, "split": "ncut"}:
+    JSON values, else strings (the ``-p KEY=VALUE`` options of the CLI and the jobs)."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -18,7 +18,7 @@ from .features import create_features
 from .flow import create_flow
 from .flow.cache import cached_flow
 from .flow.reliability import flow_reliability
-from .methods import MethodInput, get_method
+from .methods import MethodInput, MethodOutput, get_method
 from .postprocess.binarize import binarize
 
 
@@ -67,6 +67,16 @@ class VideoSegmenter:
 
     def segment(self, frames: np.ndarray, keep_stages: bool = True, prior: Optional[np.ndarray] = None) -> SegmentationResult:
         """``prior``: optional (T,H,W) masks in [0,1] from another method, for methods that refine."""
+        out, seconds = self.method_output(frames, prior)
+        t0 = time.perf_counter()
+        masks = self.binarize(frames, out.soft)
+        stages = {k: self.binarize(frames, v) for k, v in out.stages.items()} if keep_stages else {}
+        seconds["binarize"] = time.perf_counter() - t0
+        return SegmentationResult(masks, out.soft, stages, seconds, dict(out.info))
+
+    def method_output(self, frames: np.ndarray, prior: Optional[np.ndarray] = None) -> Tuple[MethodOutput, Dict[str, float]]:
+        """The method's soft masks on its grid, before binarisation, and the seconds of each step
+        (shared by :meth:`segment` and the ablation, which binarises one output several ways)."""
         timer = Timer()
         t_len, H, W = frames.shape[:3]
         h, w = working_size(H, W, self.cfg.work_height)
@@ -91,10 +101,7 @@ class VideoSegmenter:
         if method_stages:
             timer.seconds.pop("method")
             timer.seconds.update(method_stages)
-        with timer("binarize"):
-            masks = self.binarize(frames, out.soft)
-            stages = {k: self.binarize(frames, v) for k, v in out.stages.items()} if keep_stages else {}
-        return SegmentationResult(masks, out.soft, stages, dict(timer.seconds), dict(out.info))
+        return out, dict(timer.seconds)
 
     def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
         """Soft masks on the method's grid -> binary masks at the frames' resolution (this config's
