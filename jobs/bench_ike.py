@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """IKE per-cycle evaluation on DAVIS 2016 val without Ray (tuning, ablations).
 
-Runs ``--method ike`` sequence by sequence in this process, with the flow read from / written to a
-flow cache, and scores every stage (graph1, net1, graph2, ...) with the raw binarisation (no colour
+Runs ``--method ike`` sequence by sequence in this process through the pipeline's own predictor
+(:meth:`VideoSegmenter.method_output`), with the flow read from / written to a flow cache, and scores every stage (graph1, net1, graph2, ...) with the raw binarisation (no colour
 model, no guided filter) and, with ``--both``, also the pipeline's default binarisation for the
 first graph stage and the final masks. Appends one JSON line per sequence to ``--out``.
 
@@ -15,20 +15,17 @@ import argparse
 import json
 import os
 import resource
-import time
 
-import cv2
 import numpy as np
 import torch
 
-from vosbatch.config import parse_method_params
+from vosbatch.config import RunConfig, parse_method_params
 from vosbatch.data.davis import davis_sequences
-from vosbatch.flow import create_flow
-from vosbatch.flow.cache import cached_flow
-from vosbatch.methods import MethodInput, get_method
 from vosbatch.metrics.davis import evaluate_sequence
-from vosbatch.pipeline import working_size
+from vosbatch.pipeline import VideoSegmenter
 from vosbatch.postprocess.binarize import binarize
+
+_INPUT_STEPS = ("resize", "flow", "flow_reliability", "features")  # not the method's own time
 
 
 def main() -> None:
@@ -44,34 +41,28 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append per-sequence JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    fn, cls = get_method("ike")
-    cfg = cls(**parse_method_params(args.p))
-    kwargs = {}
-    if args.flow.startswith("raft"):
-        kwargs = {"weights": args.flow_weights, "device": "cpu", "iters": 12}
-    backend = create_flow(args.flow, **kwargs)
+    cfg = RunConfig(method="ike", flow=args.flow, flow_weights=args.flow_weights, work_height=args.work_height,
+                    method_params=parse_method_params(args.p))
+    segmenter = VideoSegmenter(cfg, flow_cache=args.flow_cache)
     names = args.sequences.split(",") if args.sequences else None
     rows = []
     for seq in davis_sequences(args.data_root, "val", names):
         frames = seq.load_frames()
         t_len, H, W = frames.shape[:3]
         gt = seq.load_gt((H, W))
-        h, w = working_size(H, W, args.work_height)
-        small = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
-        flow = cached_flow(backend, small, args.flow_cache)
-        t0 = time.perf_counter()
-        out = fn(MethodInput(small, flow), cfg)
-        row = {"sequence": seq.name, "frames": t_len, "seconds_per_frame_method": (time.perf_counter() - t0) / t_len}
+        out, seconds = segmenter.method_output(frames)
+        method_seconds = {k: v for k, v in seconds.items() if k not in _INPUT_STEPS}
+        row = {"sequence": seq.name, "frames": t_len, "seconds_per_frame_method": sum(method_seconds.values()) / t_len}
         for colour in ([False, True] if args.both else [False]):
             for name, soft in list(out.stages.items()) + [("final", out.soft)]:
                 if colour and name not in ("graph1", "final"):
                     continue
-                masks = binarize(soft, H, W, guide=frames if colour else None, colour_weight=2.0 if colour else 0.0,
-                                 refine="guided" if colour else "none")
+                # colour: the pipeline's own binarisation (colour model + guided filter); raw: the K-means cut alone
+                masks = segmenter.binarize(frames, soft) if colour else binarize(soft, H, W, refine="none")
                 sc = evaluate_sequence(list(masks), gt)
                 tag = ("colour_" if colour else "") + name
                 row[f"{tag}_J"], row[f"{tag}_F"] = sc.j_mean, sc.f_mean
-        row.update({k: v / t_len for k, v in out.info.items() if k.startswith("seconds_")})
+        row.update({f"seconds_{k}": v / t_len for k, v in method_seconds.items()})
         row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         rows.append(row)
         print(json.dumps(row), flush=True)
