@@ -17,6 +17,7 @@ prints the table. No Ray: one process, sequences in turn (DAVIS val is ~1,400 fr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ from vosbatch.features.vit import VIT_MODELS  # noqa: E402
 from vosbatch.metrics import evaluate_sequence  # noqa: E402
 from vosbatch.pipeline import VideoSegmenter  # noqa: E402
 from vosbatch.postprocess.binarize import refine_and_threshold, soft_at_full_size  # noqa: E402
-from vosbatch.postprocess.crf import CRFParams, crf_available  # noqa: E402
+from vosbatch.postprocess.crf import CRFParams, crf_available, crf_params  # noqa: E402
 
 DEFAULT_RAFT_SMALL = Path(__file__).resolve().parent.parent.parent / "shared" / "models" / "raft-small.pth"
 
@@ -159,6 +160,8 @@ def main() -> int:
     ap.add_argument("--flow-cache", default=None, help="flow cache folder (default OUTPUT/flowcache)")
     ap.add_argument("--crf-max-height", type=int, default=CRFParams().max_height,
                     help="run the dense CRF at most at this height (marginals upsampled; 0: full size)")
+    ap.add_argument("--crf-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="dense CRF parameter (vosbatch/postprocess/crf.py CRFParams), e.g. appearance_xy_std=40")
     ap.add_argument("--jobs", type=int, default=1, help="configurations run in parallel processes")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
     args = ap.parse_args()
@@ -195,22 +198,25 @@ def main() -> int:
         print("note:", n, flush=True)
     rows: List[Dict] = []
     t0 = time.time()
-    crf_params = CRFParams(max_height=args.crf_max_height or None)
+    try:
+        crf = crf_params(**{"max_height": args.crf_max_height or None, **parse_method_params(args.crf_param)})
+    except ValueError as exc:
+        ap.error(str(exc))
     for cfg in configs:
         print(f"== flow {cfg.flow}, features {cfg.features}, refinements {','.join(refinements)}", flush=True)
     if args.jobs > 1 and len(configs) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_configuration, cfg, sequences, refinements, run_dir, flow_cache, crf_params) for cfg in configs]
+            futures = [pool.submit(run_configuration, cfg, sequences, refinements, run_dir, flow_cache, crf) for cfg in configs]
             for fut in futures:
                 rows += fut.result()
     else:
         for cfg in configs:
-            rows += run_configuration(cfg, sequences, refinements, run_dir, flow_cache, crf_params)
+            rows += run_configuration(cfg, sequences, refinements, run_dir, flow_cache, crf)
             write(rows, run_dir / "per_sequence")
     write(rows, run_dir / "per_sequence")
     table = summarise_rows(rows)
     write(table, run_dir / "ablation")
-    meta = {"notes": notes, "method_params": parse_method_params(args.param), "crf_max_height": args.crf_max_height, "seconds": time.time() - t0,
+    meta = {"notes": notes, "method_params": parse_method_params(args.param), "crf_params": dataclasses.asdict(crf), "seconds": time.time() - t0,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "sequences": [s.name for s in sequences]}
     (run_dir / "ablation.json").write_text(json.dumps(meta, indent=2))
     print()

@@ -7,7 +7,7 @@ import pytest
 from vosbatch.metrics import boundary_f, jaccard
 from vosbatch.postprocess import crf as crf_module
 from vosbatch.postprocess.binarize import binarize
-from vosbatch.postprocess.crf import CRFUnavailable, crf_available, crf_refine
+from vosbatch.postprocess.crf import CRFUnavailable, crf_available, crf_params, crf_refine
 from vosbatch.testing.synthetic import make_video
 
 needs_crf = pytest.mark.skipif(not crf_available(), reason="the 'crf' extra (pydensecrf2) is not installed")
@@ -73,6 +73,22 @@ def test_crf_without_the_extra_fails_clearly(monkeypatch):
         binarize(soft, 120, 160, guide=img, refine="crf")
     # the default refinement needs no extra
     assert binarize(soft, 120, 160, guide=img).shape == (1, 120, 160)
+
+
+@needs_crf
+def test_crf_parameters_reach_the_inference():
+    # without pairwise kernels the CRF has nothing to add: its marginals are the unary's probabilities,
+    # so the blurred mask stays shifted instead of snapping to the disc
+    img, soft, truth = _blurred_disc_scene()
+    plain = crf_refine(img, soft, crf_params(appearance_weight=0.0, smoothness_weight=0.0, max_height=None))
+    np.testing.assert_allclose(plain, soft, atol=1e-3)
+    assert jaccard(crf_refine(img, soft)[0] > 0.5, truth[0]) > jaccard(plain[0] > 0.5, truth[0]) + 0.03
+
+
+def test_unknown_crf_parameter_names_the_known_ones():
+    assert crf_params(iterations=3).iterations == 3
+    with pytest.raises(ValueError, match="appearance_xy_sd.*known: .*appearance_xy_std"):
+        crf_params(appearance_xy_sd=40)
 
 
 def test_unknown_refinement_is_rejected():

@@ -14,7 +14,7 @@ default refinement stays the CRF-free guided filter (:mod:`vosbatch.postprocess.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import cv2
 import numpy as np
@@ -44,6 +44,16 @@ class CRFParams:
     # RAFT-small); None runs at full size, ~4x slower (0.5 s per 480p frame on one core) and was
     # worse there (CRF alone on every third frame: J 0.598 / F 0.552 vs 0.606 / 0.573 at 240)
     max_height: int | None = 240
+
+
+def crf_params(**overrides) -> CRFParams:
+    """:class:`CRFParams` with some fields replaced (e.g. from ``--crf-param KEY=VALUE``); an unknown
+    name is an error listing the known ones, not a silently ignored sweep."""
+    known = {f.name for f in fields(CRFParams)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown CRF parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return replace(CRFParams(), **overrides)
 
 
 def crf_available() -> bool:
