@@ -15,7 +15,7 @@ from vosbatch.methods.ike.graph import (
     leading_eigenvector,
     propagate,
 )
-from vosbatch.methods.ike.net import NetConfig, train_and_predict
+from vosbatch.ops.segnet import NetConfig, train_and_predict
 from vosbatch.testing.synthetic import make_video
 
 

@@ -24,7 +24,7 @@ import torch
 from ...ops.motion import motion_saliency, per_frame_motion, residual_flow
 from ...postprocess.binarize import kmeans_threshold
 from ..base import MethodInput, MethodOutput, register_method
-from .net import NetConfig, train_and_predict
+from ...ops.segnet import NetConfig, frame_inputs, train_and_predict
 from ...ops.grid import area_to_grid
 from .graph import ChainWarper, FeatureProjection, along_chain, grid_flow, leading_eigenvector
 
@@ -114,17 +114,6 @@ def _soft_from_eigenvector(x: torch.Tensor, saliency: torch.Tensor, normalise: s
     return (x / scale).clamp(0, 1).numpy().astype(np.float32)
 
 
-def _net_inputs(frames: np.ndarray, motion: Optional[torch.Tensor], hw) -> torch.Tensor:
-    """RGB on the graph grid, standardised over the video, plus (optionally) the motion maps scaled
-    to unit RMS: (T,C,h,w) float32."""
-    rgb = area_to_grid(frames.astype(np.float32) / 255.0, hw)
-    rgb = (rgb - rgb.mean(dim=(0, 2, 3), keepdim=True)) / rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
-    if motion is None:
-        return rgb.contiguous()
-    mot = motion / motion.pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)
-    return torch.cat([rgb, mot], 1).contiguous()
-
-
 def _above_cut(soft: np.ndarray, cut: float) -> torch.Tensor:
     """A mask as a node feature: (m - cut)₊ rescaled to [0,1], cut = the video's K-means threshold.
 
@@ -171,7 +160,7 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
         extra.append(area_to_grid(inp.prior, hw))
     net_cfg = NetConfig(width=cfg.net_width, steps=cfg.net_steps, batch=cfg.net_batch, lr=cfg.net_lr, crop=cfg.net_crop,
                         norm=cfg.net_norm)
-    net_inputs = _net_inputs(inp.frames, motion if cfg.net_motion_input else None, hw)
+    net_inputs = frame_inputs(inp.frames, hw, motion if cfg.net_motion_input else None)
     info["seconds_graph_setup"] = time.perf_counter() - t0
     soft = pred = None  # the previous cycle's graph output and net prediction
     for cycle in range(1, cfg.cycles + 1):

@@ -1,23 +1,29 @@
-"""The network half of IKE: a small U-Net trained from scratch, per video, on the graph's output.
+"""A small U-Net trained from scratch, per video, on pseudo-labels: the video's own appearance model.
 
-The graph sees motion along chains but no appearance; a network trained on its soft masks learns
-what the object *looks like* in this video and so fills in where motion is ambiguous (the object
-stops, the background moves). It is a pseudo-label student: binarised labels for cross-entropy and
-the soft labels (inside the binarised object) for Dice, L = λ1·CE + λ2·Dice with λ1 = λ2 = 0.5 (paper), AdamW.
+Motion finds an object only where it moves against the background; a network trained on a
+motion-based segmentation learns what the object *looks like* in this video and so fills in where
+motion is ambiguous (the object stops, the background moves, a part is static) and places edges on
+the image's. It is a pseudo-label student: binarised labels for cross-entropy and the soft labels
+(inside the binarised object) for Dice, L = λ1·CE + λ2·Dice with λ1 = λ2 = 0.5 (IKE, Haller et al.),
+AdamW. Two users: IKE's network half (:mod:`vosbatch.methods.ike`) and the appearance-net
+post-processing of any method's soft masks (:mod:`vosbatch.postprocess.appearance`).
 
 Size: residual blocks at three scales with dilated convolutions at the coarsest one (a wide
-receptive field without more down-sampling), 8/16/32 channels by default, trained at the graph's
-resolution: a DAVIS video trains in tens of seconds on 2 CPU cores, and on the GPU when there is one.
+receptive field without more down-sampling), 8/16/32 channels by default, trained at about half the
+working resolution: a DAVIS video trains in seconds to tens of seconds on 2 CPU cores, and on the
+GPU when there is one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .grid import area_to_grid
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -83,6 +89,23 @@ class NetConfig:
     dice_weight: float = 0.5  # λ2
     norm: str = "batch"  # "batch" or "group" (see make_norm)
     prior_bias: bool = True  # start the output at the foreground rate of the labels
+
+
+def frame_inputs(frames: np.ndarray, hw: Tuple[int, int], motion: Optional[torch.Tensor] = None,
+                 coords: bool = False) -> torch.Tensor:
+    """The net's input (T,C,h,w) float32: RGB area-averaged on the (h,w) grid and standardised over
+    the video; optionally the motion maps (T,C',h,w) scaled to unit RMS, and two normalised (y, x)
+    coordinate planes (``coords``): the object's place in the frame changes slowly, and a
+    translation-equivariant net alone cannot tell a background patch from the same colours on the
+    object across the frame."""
+    rgb = area_to_grid(frames.astype(np.float32) / 255.0, hw)
+    parts = [(rgb - rgb.mean(dim=(0, 2, 3), keepdim=True)) / rgb.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)]
+    if motion is not None:
+        parts.append(motion / motion.pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt().clamp_min(1e-6))
+    if coords:
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, hw[0]), torch.linspace(-1, 1, hw[1]), indexing="ij")
+        parts.append(torch.stack([yy, xx])[None].expand(rgb.shape[0], -1, -1, -1))
+    return torch.cat(parts, 1).contiguous()
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
