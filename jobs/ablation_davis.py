@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Paper-style ablation of the global optimisation on DAVIS 2016 val, as one table.
 
-Rows: flow backend × feature backend × refinement (none / guided filter / dense CRF). Columns: the
+Rows: flow backend × feature backend × appearance model (the colour model alone, or the per-video
+appearance net before it) × refinement (none / guided filter / dense CRF). Columns: the
 initialisation's J, J after the optimisation (Eq. 1), F, J&F, the optimisation's gain and the
 method's seconds per frame. Each (flow, features) pair runs the method **once** per sequence; its
 soft masks (initialisation and optimised) are saved, and every refinement is applied to both from
@@ -41,6 +42,7 @@ from vosbatch.data import davis_sequences  # noqa: E402
 from vosbatch.features.vit import VIT_MODELS  # noqa: E402
 from vosbatch.metrics import evaluate_sequence  # noqa: E402
 from vosbatch.pipeline import VideoSegmenter  # noqa: E402
+from vosbatch.postprocess.appearance import AppearanceNetConfig  # noqa: E402
 from vosbatch.postprocess.binarize import refine_and_threshold, soft_at_full_size  # noqa: E402
 from vosbatch.postprocess.crf import CRFParams, crf_available, crf_params  # noqa: E402
 
@@ -61,9 +63,12 @@ def config_tag(cfg: RunConfig) -> str:
                                       cfg.work_height, cfg.method_params, cfg.seed], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+APPEARANCE = {"colour": None, "net": AppearanceNetConfig()}  # --appearance choices -> the net's settings
+
+
 def run_configuration(cfg: RunConfig, sequences, refinements: List[str], run_dir: Path, flow_cache: Optional[str],
-                      crf_params: Optional[CRFParams] = None) -> List[Dict]:
-    """Per-sequence rows for one (flow, features) pair and every refinement."""
+                      crf_params: Optional[CRFParams] = None, appearances: List[str] = ("colour",)) -> List[Dict]:
+    """Per-sequence rows for one (flow, features) pair and every appearance model and refinement."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     segmenter = VideoSegmenter(cfg, flow_cache)
     soft_dir = run_dir / "soft" / f"flow={cfg.flow}" / f"features={cfg.features}" / config_tag(cfg)
@@ -81,46 +86,58 @@ def run_configuration(cfg: RunConfig, sequences, refinements: List[str], run_dir
             res = soft_masks(segmenter, frames)
             np.savez(path, **res)
         n = len(frames)
-        t0 = time.perf_counter()
-        full = {stage: soft_at_full_size(res[stage], frames.shape[1], frames.shape[2], frames, cfg.appearance_weight)
-                for stage in ("init", "soft")}  # shared by every refinement
-        t_shared = (time.perf_counter() - t0) / (2 * n)
-        for refine in refinements:
-            scores = {}
-            t_refine = 0.0
-            for stage in ("init", "soft"):
-                t0 = time.perf_counter()
-                masks = refine_and_threshold(full[stage], frames, refine, seed=cfg.seed, crf_params=crf_params)
-                t_refine += time.perf_counter() - t0
-                s = evaluate_sequence(list(masks), gt)
-                scores[stage] = (float(s.j_mean), float(s.f_mean))
-            rows.append({
-                "flow": cfg.flow, "features": cfg.features, "refine": refine, "sequence": seq.name, "frames": n,
-                "init_j": scores["init"][0], "init_f": scores["init"][1], "j": scores["soft"][0], "f": scores["soft"][1],
-                "s_init": res["seconds_init"] / n, "s_optimise": res["seconds_optimise"] / n,
-                "s_flow": res["seconds_flow"] / n, "s_features": res["seconds_features"] / n,
-                # binarisation of one stage: upsampling + colour model (shared) + this refinement + threshold
-                "s_binarize": t_shared + t_refine / (2 * n),
-            })
-            r = rows[-1]
-            print(f"  {cfg.flow:10s} {cfg.features:8s} {refine:6s} {seq.name:20s} init J {r['init_j']:.3f} J {r['j']:.3f} F {r['f']:.3f}", flush=True)
+        for appearance in appearances:
+            rows += _binarised_rows(cfg, seq.name, frames, gt, res, refinements, crf_params, appearance)
+    return rows
+
+
+def _binarised_rows(cfg: RunConfig, name: str, frames: np.ndarray, gt, res: Dict, refinements: List[str],
+                    crf_params: Optional[CRFParams], appearance: str) -> List[Dict]:
+    """One sequence's rows for one appearance model: init and optimised masks through each refinement."""
+    n = len(frames)
+    t0 = time.perf_counter()
+    full = {stage: soft_at_full_size(res[stage], frames.shape[1], frames.shape[2], frames, cfg.appearance_weight,
+                                     APPEARANCE[appearance], cfg.seed)
+            for stage in ("init", "soft")}  # shared by every refinement
+    t_shared = (time.perf_counter() - t0) / (2 * n)
+    rows = []
+    for refine in refinements:
+        scores = {}
+        t_refine = 0.0
+        for stage in ("init", "soft"):
+            t0 = time.perf_counter()
+            masks = refine_and_threshold(full[stage], frames, refine, seed=cfg.seed, crf_params=crf_params)
+            t_refine += time.perf_counter() - t0
+            s = evaluate_sequence(list(masks), gt)
+            scores[stage] = (float(s.j_mean), float(s.f_mean))
+        r = {
+            "flow": cfg.flow, "features": cfg.features, "appearance": appearance, "refine": refine, "sequence": name,
+            "frames": n, "init_j": scores["init"][0], "init_f": scores["init"][1], "j": scores["soft"][0], "f": scores["soft"][1],
+            "s_init": res["seconds_init"] / n, "s_optimise": res["seconds_optimise"] / n,
+            "s_flow": res["seconds_flow"] / n, "s_features": res["seconds_features"] / n,
+            # binarisation of one stage: appearance net + upsampling + colour model (shared) + this refinement + threshold
+            "s_binarize": t_shared + t_refine / (2 * n),
+        }
+        rows.append(r)
+        print(f"  {cfg.flow:10s} {cfg.features:8s} {appearance:6s} {refine:6s} {name:20s} init J {r['init_j']:.3f} "
+              f"J {r['j']:.3f} F {r['f']:.3f}", flush=True)
     return rows
 
 
 def summarise_rows(rows: List[Dict]) -> List[Dict]:
     keys = []
     for r in rows:
-        k = (r["flow"], r["features"], r["refine"])
+        k = (r["flow"], r["features"], r["appearance"], r["refine"])
         if k not in keys:
             keys.append(k)
     table = []
     for k in keys:
-        group = [r for r in rows if (r["flow"], r["features"], r["refine"]) == k]
+        group = [r for r in rows if (r["flow"], r["features"], r["appearance"], r["refine"]) == k]
         frames = sum(r["frames"] for r in group)
         mean = lambda c: float(np.mean([r[c] for r in group]))  # noqa: E731  (DAVIS: mean over sequences)
         per_frame = lambda c: float(sum(r[c] * r["frames"] for r in group) / frames)  # noqa: E731
         table.append({
-            "flow": k[0], "features": k[1], "refine": k[2], "sequences": len(group), "frames": frames,
+            "flow": k[0], "features": k[1], "appearance": k[2], "refine": k[3], "sequences": len(group), "frames": frames,
             "init_J": mean("init_j"), "J": mean("j"), "F": mean("f"), "JF": (mean("j") + mean("f")) / 2,
             "init_F": mean("init_f"), "delta_opt_J": mean("j") - mean("init_j"),
             "s_per_frame_init_opt": per_frame("s_init") + per_frame("s_optimise"),
@@ -131,10 +148,10 @@ def summarise_rows(rows: List[Dict]) -> List[Dict]:
 
 
 def format_table(table: List[Dict]) -> str:
-    head = f"{'flow':11s} {'features':9s} {'refine':7s} {'init J':>7s} {'+opt J':>7s} {'F':>7s} {'J&F':>7s} {'init F':>7s} {'Δopt J':>7s} {'s/frame':>8s} {'binarise s/f':>12s}"
+    head = f"{'flow':11s} {'features':9s} {'appear.':7s} {'refine':7s} {'init J':>7s} {'+opt J':>7s} {'F':>7s} {'J&F':>7s} {'init F':>7s} {'Δopt J':>7s} {'s/frame':>8s} {'binarise s/f':>12s}"
     lines = [head, "-" * len(head)]
     for r in table:
-        lines.append(f"{r['flow']:11s} {r['features']:9s} {r['refine']:7s} {r['init_J']:7.3f} {r['J']:7.3f} {r['F']:7.3f} {r['JF']:7.3f} "
+        lines.append(f"{r['flow']:11s} {r['features']:9s} {r['appearance']:7s} {r['refine']:7s} {r['init_J']:7.3f} {r['J']:7.3f} {r['F']:7.3f} {r['JF']:7.3f} "
                      f"{r['init_F']:7.3f} {r['delta_opt_J']:+7.3f} {r['s_per_frame_init_opt']:8.3f} {r['s_per_frame_binarize']:12.3f}")
     return "\n".join(lines)
 
@@ -157,6 +174,8 @@ def main() -> int:
     ap.add_argument("--feature-weights", action="append", default=[], metavar="BACKEND=PTH",
                     help="checkpoint of a ViT feature backend (no pretrained ViT weights ship with this project)")
     ap.add_argument("--refinements", default="none,guided,crf")
+    ap.add_argument("--appearance", default="colour,net",
+                    help="appearance models: colour (the colour model alone), net (the appearance net, then the colour model)")
     ap.add_argument("--flow-cache", default=None, help="flow cache folder (default OUTPUT/flowcache)")
     ap.add_argument("--crf-max-height", type=int, default=CRFParams().max_height,
                     help="run the dense CRF at most at this height (marginals upsampled; 0: full size)")
@@ -172,6 +191,9 @@ def main() -> int:
     sequences = davis_sequences(args.data_root, split="val", sequences=args.sequences.split(",") if args.sequences else None)
     notes = []
     refinements = args.refinements.split(",")
+    appearances = args.appearance.split(",")
+    if set(appearances) - set(APPEARANCE):
+        ap.error(f"--appearance: choose from {', '.join(APPEARANCE)}")
     if "crf" in refinements and not crf_available():
         refinements.remove("crf")
         notes.append("crf rows skipped: the 'crf' extra (pydensecrf2) is not installed: pip install 'vosbatch[crf]'")
@@ -206,12 +228,12 @@ def main() -> int:
         print(f"== flow {cfg.flow}, features {cfg.features}, refinements {','.join(refinements)}", flush=True)
     if args.jobs > 1 and len(configs) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_configuration, cfg, sequences, refinements, run_dir, flow_cache, crf) for cfg in configs]
+            futures = [pool.submit(run_configuration, cfg, sequences, refinements, run_dir, flow_cache, crf, appearances) for cfg in configs]
             for fut in futures:
                 rows += fut.result()
     else:
         for cfg in configs:
-            rows += run_configuration(cfg, sequences, refinements, run_dir, flow_cache, crf)
+            rows += run_configuration(cfg, sequences, refinements, run_dir, flow_cache, crf, appearances)
             write(rows, run_dir / "per_sequence")
     write(rows, run_dir / "per_sequence")
     table = summarise_rows(rows)

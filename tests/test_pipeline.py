@@ -59,3 +59,18 @@ def test_method_params_parse_json_values_else_strings():
         {"lam": 1, "optimise": False, "split": "ncut", "levels": [2, 4]}
     with pytest.raises(ValueError, match="'lam': expected KEY=VALUE"):
         parse_method_params(["lam"])
+
+
+def test_appearance_net_in_the_pipeline_and_the_config_hash():
+    vid = make_video(frames=8, size=(64, 96), obj_velocity=(3.0, 1.0), bg_velocity=(-1.0, 0.5), seed=1)
+    params = {"grid_stride": 4, "opt_stride": 2}
+    res = VideoSegmenter(RunConfig(flow="dis", appearance_net=True, method_params=params)).segment(vid.frames, keep_stages=False)
+    assert res.masks.shape == vid.masks.shape and _j(res, vid) > 0.7
+    plain, with_net = RunConfig(method_params=params), RunConfig(appearance_net=True, method_params=params)
+    assert plain.digest() != with_net.digest()
+    # runs stored before the option existed keep their hash (resume skips their finished sequences)
+    import hashlib
+    import json
+
+    old = {k: v for k, v in plain.to_dict().items() if k != "appearance_net"}
+    assert plain.digest() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]

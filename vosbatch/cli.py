@@ -45,7 +45,7 @@ def main() -> None:
 _CONFIG_OPTIONS = {
     "method": "method", "flow": "flow", "flow_weights": "flow_weights", "flow_iters": "flow_iters",
     "flow_reliability": "flow_reliability", "features": "features", "feature_weights": "feature_weights",
-    "appearance_weight": "appearance_weight", "refine": "refine", "work_height": "work_height",
+    "appearance_weight": "appearance_weight", "appearance_net": "appearance_net", "refine": "refine", "work_height": "work_height",
     "params": "method_params", "window_frames": "window_frames", "window_overlap": "window_overlap",
     "refine_from": "refine_from",
 }
@@ -80,6 +80,9 @@ def _dataset_choices() -> List[str]:
               help="Local checkpoint for a ViT feature backend (official DINO .pth layouts).")
 @click.option("--appearance-weight", default=2.0, show_default=True,
               help="Weight of the per-video colour model when binarising (0 disables it).")
+@click.option("--appearance-net/--no-appearance-net", default=False, show_default=True,
+              help="Train a small net per video on the method's soft masks (frames in, masks out) and binarise "
+                   "its predictions: appearance fills in what motion missed (slower: seconds per video).")
 @click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "crf", "none"]),
               help="Refinement before binarising: guided filter (default), guided filter then dense CRF (needs the crf extra) or none.")
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels (masks return at full size).")
@@ -103,7 +106,7 @@ def _dataset_choices() -> List[str]:
 @click.option("--fail-on-error", is_flag=True, help="Exit with status 1 when any sequence failed.")
 @click.pass_context
 def submit(ctx, dataset, data_root, split, sequences, inputs, method, flow, flow_weights, flow_iters, flow_cache,
-           flow_reliability, features, feature_weights, appearance_weight, refine, work_height, params, refine_from,
+           flow_reliability, features, feature_weights, appearance_weight, appearance_net, refine, work_height, params, refine_from,
            window_frames, window_overlap, workers, cpus_per_worker, gpus, address, runtime_env, retries, output,
            s3_endpoint_url, run_id, resume_id, progress, fail_on_error) -> None:
     """Segment a dataset's sequences (or --input videos) on Ray actors; masks + metrics under OUTPUT/RUN_ID/."""

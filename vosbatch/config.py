@@ -20,6 +20,7 @@ class RunConfig:
     flow_reliability: str = "none"  # "none" | "photometric" | "photometric+fb"
     method_params: Dict[str, Any] = field(default_factory=dict)
     appearance_weight: float = 2.0  # weight of the per-video colour model's log-odds (0: off)
+    appearance_net: bool = False  # a per-video net learns the soft masks from the frames and replaces them (postprocess.appearance)
     refine: str = "guided"  # "guided" (edge-aware filter before binarising) | "crf" (dense CRF, the crf extra) | "none"
     window_frames: int = 100  # longer videos are segmented in windows of this many frames: memory stays bounded
     window_overlap: int = 16  # frames shared by consecutive windows (the stitch switches at their middle)
@@ -31,9 +32,17 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Stable hash of what determines the output (not where it goes)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """Stable hash of what determines the output (not where it goes). A field added later is left
+        out while it holds its default, so runs stored before it existed keep their hash (resume)."""
+        d = self.to_dict()
+        for name, default in _LATER_FIELDS.items():
+            if d.get(name) == default:
+                d.pop(name)
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_LATER_FIELDS = {"appearance_net": False}  # fields added after runs were stored, at their defaults
 
 
 def parse_method_params(items: Iterable[str]) -> Dict[str, Any]:

@@ -19,6 +19,7 @@ from .flow import create_flow
 from .flow.cache import cached_flow
 from .flow.reliability import flow_reliability
 from .methods import MethodInput, MethodOutput, get_method
+from .postprocess.appearance import AppearanceNetConfig
 from .postprocess.binarize import binarize
 
 
@@ -105,11 +106,15 @@ class VideoSegmenter:
 
     def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
         """Soft masks on the method's grid -> binary masks at the frames' resolution (this config's
-        colour model, then its refinement: guided filter, dense CRF or none; one K-means threshold
-        per video)."""
+        appearance net and colour model, then its refinement: guided filter, dense CRF or none; one
+        K-means threshold per video)."""
         H, W = frames.shape[1:3]
         return binarize(soft, H, W, seed=self.cfg.seed, guide=frames, colour_weight=self.cfg.appearance_weight,
-                        refine=self.cfg.refine)
+                        refine=self.cfg.refine, net=self.appearance_net)
+
+    @property
+    def appearance_net(self) -> Optional[AppearanceNetConfig]:
+        return AppearanceNetConfig() if self.cfg.appearance_net else None
 
     def _feature_grid(self, work_hw) -> Optional[tuple[int, int]]:
         """Methods that consume appearance features say on which grid (``fn.feature_grid``)."""

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
-from .appearance import colour_model_refine
+from .appearance import AppearanceNetConfig, appearance_net, colour_model_refine
 from .crf import CRFParams, crf_refine
 from .refine import guided_refine
 
@@ -50,11 +50,13 @@ def binarize(
     colour_weight: float = 0.0,
     refine: str = "guided",
     crf_params: Optional[CRFParams] = None,
+    net: Optional[AppearanceNetConfig] = None,
 ) -> np.ndarray:
     """Soft masks on a coarse grid (T,h,w) -> binary masks (T,height,width) at full resolution.
 
-    Upsample; with ``guide`` frames (T,height,width,3) fold in the video's colour model
-    (``colour_weight`` > 0, :mod:`vosbatch.postprocess.appearance`); then
+    With ``guide`` frames (T,height,width,3) and ``net``, the appearance net's masks replace the soft
+    masks first; upsample; with ``guide`` fold in the video's colour model (``colour_weight`` > 0,
+    :mod:`vosbatch.postprocess.appearance`); then
     - ``refine="guided"``: snap edges to the image with the guided filter, then one K-means (K=2)
       threshold for the whole video;
     - ``refine="crf"``: the guided filter first (its edge-snapped probabilities are a sharper unary
@@ -64,13 +66,16 @@ def binarize(
     - ``refine="none"``: the K-means threshold of the upsampled masks.
     Without ``guide`` there is nothing to refine against and the last case applies.
     """
-    return refine_and_threshold(soft_at_full_size(soft, height, width, guide, colour_weight), guide, refine, seed, crf_params)
+    full = soft_at_full_size(soft, height, width, guide, colour_weight, net, seed)
+    return refine_and_threshold(full, guide, refine, seed, crf_params)
 
 
 def soft_at_full_size(soft: np.ndarray, height: int, width: int, guide: Optional[np.ndarray] = None,
-                      colour_weight: float = 0.0) -> np.ndarray:
-    """The first half of :func:`binarize`: upsampled soft masks with the colour model folded in
-    (shared by every refinement, so comparisons of refinements compute it once)."""
+                      colour_weight: float = 0.0, net: Optional[AppearanceNetConfig] = None, seed: int = 0) -> np.ndarray:
+    """The first half of :func:`binarize`: the appearance net (if any), upsampling and the colour
+    model (shared by every refinement, so comparisons of refinements compute it once)."""
+    if guide is not None and net is not None:
+        soft = appearance_net(guide, soft, net, seed=seed)
     full = upsample(soft, height, width)
     if guide is not None and colour_weight > 0:
         full = colour_model_refine(guide, full, weight=colour_weight)
