@@ -61,7 +61,8 @@ def colour_model_refine(frames: np.ndarray, soft: np.ndarray, weight: float = 2.
 class AppearanceNetConfig:
     """The appearance net's settings. 300 steps and the coordinate planes were chosen on 4 DAVIS val
     sequences (RAFT-small, globalopt): with 150 steps and no coordinates one video (breakdance) lost
-    its object (J 0.63 -> 0.45); see the README's table for the whole val set."""
+    its object (J 0.63 -> 0.45). On the whole val set it is off by default: J 0.618 -> 0.609 with the
+    CRF (README's ablation table), better on camel/blackswan, worse on thin parts (soapbox)."""
 
     upscale: int = 2  # the net's grid: this many times the soft masks' grid (capped at the frames' size)
     steps: int = 300
