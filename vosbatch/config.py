@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Optional
 
 
+_LATER_FIELDS = {"appearance_net": False}  # fields added after runs were stored, at their defaults
+
+
 @dataclass
 class RunConfig:
     method: str = "globalopt"
@@ -40,9 +43,6 @@ class RunConfig:
                 d.pop(name)
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-_LATER_FIELDS = {"appearance_net": False}  # fields added after runs were stored, at their defaults
 
 
 def parse_method_params(items: Iterable[str]) -> Dict[str, Any]:

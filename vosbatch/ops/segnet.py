@@ -2,8 +2,7 @@
 
 Motion finds an object only where it moves against the background; a network trained on a
 motion-based segmentation learns what the object *looks like* in this video and so fills in where
-motion is ambiguous (the object stops, the background moves, a part is static) and places edges on
-the image's. It is a pseudo-label student: binarised labels for cross-entropy and the soft labels
+motion is ambiguous (the object stops, the background moves, a part is static). It is a pseudo-label student: binarised labels for cross-entropy and the soft labels
 (inside the binarised object) for Dice, L = λ1·CE + λ2·Dice with λ1 = λ2 = 0.5 (IKE, Haller et al.),
 AdamW. Two users: IKE's network half (:mod:`vosbatch.methods.ike`) and the appearance-net
 post-processing of any method's soft masks (:mod:`vosbatch.postprocess.appearance`).

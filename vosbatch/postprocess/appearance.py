@@ -3,7 +3,7 @@
 Motion finds the object only where it moves differently from the background; parts that move
 little, or frames where flow fails, are missed, and mask edges sit on a coarse grid. The object's
 *appearance* is shared across the video, so a model learnt from the method's own masks fills those
-gaps. Two, from cheap to strong:
+gaps. Two, from cheap to costly:
 
 - the **colour model** (always on by default): P(fg | colour) from two Lab histograms of the
   confident pixels of all frames (as in Papazoglou & Ferrari, ICCV 2013), combined with the soft
@@ -11,7 +11,8 @@ gaps. Two, from cheap to strong:
 - the **appearance net** (``--appearance-net``): a small U-Net trained from scratch on the video's
   frames against the soft masks (:mod:`vosbatch.ops.segnet`, IKE's network module) whose
   predictions replace them, at twice the method grid's resolution, so shape, texture and place in
-  the frame count as well as colour, and edges follow the image.
+  the frame count as well as colour. Off by default: on DAVIS val it helped some videos and hurt
+  more (README's ablation table).
 """
 from __future__ import annotations
 
