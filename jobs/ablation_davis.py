@@ -2,7 +2,7 @@
 """Paper-style ablation of the global optimisation on DAVIS 2016 val, as one table.
 
 Rows: flow backend × feature backend × appearance model (the colour model alone, or the per-video
-appearance net before it) × refinement (none / guided filter / dense CRF). Columns: the
+appearance net before it) × refinement (none / guided filter / fast global smoother / smoother + dense CRF). Columns: the
 initialisation's J, J after the optimisation (Eq. 1), F, J&F, the optimisation's gain and the
 method's seconds per frame. Each (flow, features) pair runs the method **once** per sequence; its
 soft masks (initialisation and optimised) are saved, and every refinement is applied to both from
@@ -173,7 +173,7 @@ def main() -> int:
     ap.add_argument("--features", default="colour", help="comma-separated feature backends")
     ap.add_argument("--feature-weights", action="append", default=[], metavar="BACKEND=PTH",
                     help="checkpoint of a ViT feature backend (no pretrained ViT weights ship with this project)")
-    ap.add_argument("--refinements", default="none,guided,crf")
+    ap.add_argument("--refinements", default="none,guided,fgs,crf")
     ap.add_argument("--appearance", default="colour",
                     help="appearance models, comma-separated: colour (the colour model alone), net (the appearance net, "
                          "then the colour model; ~0.4 s/frame more per stage on 2 CPU cores)")

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import click
 
-from .config import parse_method_params
+from .config import REFINEMENTS, parse_method_params
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Idle OpenMP threads must sleep, not spin: with several torch processes (Ray actors) on few cores,
@@ -83,8 +83,9 @@ def _dataset_choices() -> List[str]:
 @click.option("--appearance-net/--no-appearance-net", default=False, show_default=True,
               help="Train a small net per video on the method's soft masks (frames in, masks out) and binarise "
                    "its predictions (~0.4 s/frame on 2 CPU cores; on DAVIS val with RAFT-small it lowered J by 0.009, see README).")
-@click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "crf", "none"]),
-              help="Refinement before binarising: guided filter (default), guided filter then dense CRF (needs the crf extra) or none.")
+@click.option("--refine", default="fgs", show_default=True, type=click.Choice(list(REFINEMENTS)),
+              help="Refinement before binarising: fgs (edge-aware fast global smoother, default), guided (guided filter), "
+                   "crf (the smoother then a dense CRF; needs the crf extra) or none.")
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels (masks return at full size).")
 @click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
 @click.option("--refine-from", help="Masks of another run (path or s3://) or a DAVIS-layout PNG folder for the method to refine.")
@@ -256,8 +257,9 @@ def report(run, out, compare, data_root, sequences, curves, video_format, fps, w
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels.")
 @click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fast, raft-small, raft.")
 @click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
-@click.option("--refine", default="guided", show_default=True, type=click.Choice(["guided", "crf", "none"]),
-              help="guided: edge-aware filter (default); crf: guided filter then dense CRF (needs the crf extra); none.")
+@click.option("--refine", default="fgs", show_default=True, type=click.Choice(list(REFINEMENTS)),
+              help="fgs: edge-aware fast global smoother (default); guided: guided filter; crf: the smoother then a dense CRF "
+                   "(needs the crf extra); none.")
 @click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
 @click.option("--gt", "gt_folder", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of ground-truth PNGs named like the frames (00000.png... for a video): adds J&F.")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Optional
 
 
+REFINEMENTS = ("fgs", "guided", "crf", "none")  # RunConfig.refine; implemented in postprocess.binarize
 _LATER_FIELDS = {"appearance_net": False}  # fields added after runs were stored, at their defaults
 
 
@@ -24,7 +25,7 @@ class RunConfig:
     method_params: Dict[str, Any] = field(default_factory=dict)
     appearance_weight: float = 2.0  # weight of the per-video colour model's log-odds (0: off)
     appearance_net: bool = False  # a per-video net learns the soft masks from the frames and replaces them (postprocess.appearance)
-    refine: str = "guided"  # "guided" (edge-aware filter before binarising) | "crf" (dense CRF, the crf extra) | "none"
+    refine: str = "fgs"  # edge-aware filter before binarising: "fgs" (fast global smoother) | "guided" | "crf" (+ dense CRF, the crf extra) | "none"
     window_frames: int = 100  # longer videos are segmented in windows of this many frames: memory stays bounded
     window_overlap: int = 16  # frames shared by consecutive windows (the stitch switches at their middle)
     refine_from: Optional[str] = None  # a run or DAVIS-layout PNG folder whose masks the method refines

@@ -106,8 +106,8 @@ class VideoSegmenter:
 
     def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
         """Soft masks on the method's grid -> binary masks at the frames' resolution (this config's
-        appearance net and colour model, then its refinement: guided filter, dense CRF or none; one
-        K-means threshold per video)."""
+        appearance net and colour model, then its refinement: fast global smoother, guided filter,
+        dense CRF or none; one K-means threshold per video)."""
         H, W = frames.shape[1:3]
         return binarize(soft, H, W, seed=self.cfg.seed, guide=frames, colour_weight=self.cfg.appearance_weight,
                         refine=self.cfg.refine, net=self.appearance_net)

@@ -1,7 +1,8 @@
 """Soft masks at a coarse grid -> binary masks at the original resolution.
 
-Refinements (``refine``): ``"guided"`` (default, CRF-free guided filter), ``"crf"`` (dense CRF, needs
-the ``crf`` extra), ``"none"`` (plain bilinear upsampling).
+Refinements (``refine``): ``"fgs"`` (default, CRF-free fast global smoother), ``"guided"`` (guided
+filter), ``"crf"`` (the smoother, then a dense CRF; needs the ``crf`` extra), ``"none"`` (plain
+bilinear upsampling).
 """
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
+from ..config import REFINEMENTS
 from .appearance import AppearanceNetConfig, appearance_net, colour_model_refine
 from .crf import CRFParams, crf_refine
-from .refine import guided_refine
+from .refine import guided_refine, smoother_refine
 
-REFINEMENTS = ("guided", "crf", "none")
+EDGE_FILTERS = {"fgs": smoother_refine, "guided": guided_refine, "crf": smoother_refine}  # "crf": its unary
 
 
 def upsample(soft: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -48,7 +50,7 @@ def binarize(
     seed: int = 0,
     guide: Optional[np.ndarray] = None,
     colour_weight: float = 0.0,
-    refine: str = "guided",
+    refine: str = "fgs",
     crf_params: Optional[CRFParams] = None,
     net: Optional[AppearanceNetConfig] = None,
 ) -> np.ndarray:
@@ -57,9 +59,10 @@ def binarize(
     With ``guide`` frames (T,height,width,3) and ``net``, the appearance net's masks replace the soft
     masks first; upsample; with ``guide`` fold in the video's colour model (``colour_weight`` > 0,
     :mod:`vosbatch.postprocess.appearance`); then
-    - ``refine="guided"``: snap edges to the image with the guided filter, then one K-means (K=2)
-      threshold for the whole video;
-    - ``refine="crf"``: the guided filter first (its edge-snapped probabilities are a sharper unary
+    - ``refine="fgs"`` / ``"guided"``: snap edges to the image with the fast global smoother / the
+      guided filter (:mod:`vosbatch.postprocess.refine`), then one K-means (K=2) threshold for the
+      whole video;
+    - ``refine="crf"``: the smoother first (its edge-snapped probabilities are a sharper unary
       than the blocky upsampled ones), the K-means threshold τ of that, the probabilities re-centred
       so that τ maps to 0.5 (σ(logit p - logit τ): the CRF's unary must put the decision where the
       video's two levels split), then a dense CRF per frame and its argmax;
@@ -82,13 +85,13 @@ def soft_at_full_size(soft: np.ndarray, height: int, width: int, guide: Optional
     return full
 
 
-def refine_and_threshold(full: np.ndarray, guide: Optional[np.ndarray] = None, refine: str = "guided", seed: int = 0,
+def refine_and_threshold(full: np.ndarray, guide: Optional[np.ndarray] = None, refine: str = "fgs", seed: int = 0,
                          crf_params: Optional[CRFParams] = None) -> np.ndarray:
     """The second half of :func:`binarize`: refinement and the video's threshold -> bool masks."""
     if refine not in REFINEMENTS:
         raise ValueError(f"unknown refinement {refine!r}; choose from {', '.join(REFINEMENTS)}")
-    if guide is not None and refine in ("guided", "crf"):
-        full = guided_refine(guide, full)
+    if guide is not None and refine in EDGE_FILTERS:
+        full = EDGE_FILTERS[refine](guide, full)
     if guide is not None and refine == "crf":
         tau = float(np.clip(kmeans_threshold(full, seed=seed), 1e-3, 1 - 1e-3))
         logit = np.log(np.clip(full, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(full, 1e-6, 1 - 1e-6))

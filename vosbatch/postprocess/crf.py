@@ -10,7 +10,7 @@ TPAMI 2018, as used by most dense-CRF post-processing since), with the spatial w
 
 ``pydensecrf2`` (imports as ``pydensecrf``) builds from source; install it with
 ``pip install 'vosbatch[crf]'``. Without it ``--refine crf`` fails with a clear message, and the
-default refinement stays the CRF-free guided filter (:mod:`vosbatch.postprocess.refine`).
+default refinement stays the CRF-free fast global smoother (:mod:`vosbatch.postprocess.refine`).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _densecrf():
     except ImportError as exc:
         raise CRFUnavailable(
             "--refine crf needs the 'crf' extra: pip install 'vosbatch[crf]' (pydensecrf2, builds from source "
-            "with a C++ compiler); or use --refine guided (the default, no extra needed)"
+            "with a C++ compiler); or use --refine fgs (the default, no extra needed)"
         ) from exc
     return dcrf
 
