@@ -42,6 +42,11 @@ def main() -> None:
 
 # Options of `submit` that set RunConfig fields (option name -> field); on --resume, only those given
 # explicitly override the run's stored configuration.
+_refine_option = click.option(
+    "--refine", default="fgs", show_default=True, type=click.Choice(list(REFINEMENTS)),
+    help="Refinement before binarising: fgs (edge-aware fast global smoother, default), guided (guided filter), "
+         "crf (the smoother then a dense CRF; needs the crf extra) or none.")
+
 _CONFIG_OPTIONS = {
     "method": "method", "flow": "flow", "flow_weights": "flow_weights", "flow_iters": "flow_iters",
     "flow_reliability": "flow_reliability", "features": "features", "feature_weights": "feature_weights",
@@ -83,9 +88,7 @@ def _dataset_choices() -> List[str]:
 @click.option("--appearance-net/--no-appearance-net", default=False, show_default=True,
               help="Train a small net per video on the method's soft masks (frames in, masks out) and binarise "
                    "its predictions (~0.4 s/frame on 2 CPU cores; on DAVIS val with RAFT-small it lowered J by 0.009, see README).")
-@click.option("--refine", default="fgs", show_default=True, type=click.Choice(list(REFINEMENTS)),
-              help="Refinement before binarising: fgs (edge-aware fast global smoother, default), guided (guided filter), "
-                   "crf (the smoother then a dense CRF; needs the crf extra) or none.")
+@_refine_option
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels (masks return at full size).")
 @click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
 @click.option("--refine-from", help="Masks of another run (path or s3://) or a DAVIS-layout PNG folder for the method to refine.")
@@ -257,9 +260,7 @@ def report(run, out, compare, data_root, sequences, curves, video_format, fps, w
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels.")
 @click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fast, raft-small, raft.")
 @click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
-@click.option("--refine", default="fgs", show_default=True, type=click.Choice(list(REFINEMENTS)),
-              help="fgs: edge-aware fast global smoother (default); guided: guided filter; crf: the smoother then a dense CRF "
-                   "(needs the crf extra); none.")
+@_refine_option
 @click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
 @click.option("--gt", "gt_folder", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of ground-truth PNGs named like the frames (00000.png... for a video): adds J&F.")

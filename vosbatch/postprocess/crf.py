@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from ..errors import VosbatchError
+from .refine import REFERENCE_DIAGONAL  # the widths below are in pixels of that frame
 
-_REFERENCE_DIAGONAL = float(np.hypot(854, 480))  # DAVIS 480p, where the widths below are in pixels
 
 
 class CRFUnavailable(VosbatchError):
@@ -89,7 +89,7 @@ def crf_refine(frames: np.ndarray, prob: np.ndarray, params: CRFParams | None = 
     ih, iw = h, w
     if p.max_height and h > p.max_height:  # the lattice costs grow with the pixel count
         ih, iw = p.max_height, max(2, int(round(w * p.max_height / h)))
-    scale = float(np.hypot(ih, iw)) / _REFERENCE_DIAGONAL
+    scale = float(np.hypot(ih, iw)) / REFERENCE_DIAGONAL
     out = np.empty((t_len, h, w), np.float32)
     for t in range(t_len):
         img, fg = frames[t], prob[t].astype(np.float32)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-_REFERENCE_DIAGONAL = float(np.hypot(854, 480))  # DAVIS 480p, where the smoother's λ was chosen
+REFERENCE_DIAGONAL = float(np.hypot(854, 480))  # DAVIS 480p: the size at which pixel-unit parameters here and in .crf are given
 
 
 def _has_ximgproc() -> bool:
@@ -55,7 +55,7 @@ def smoother_refine(frames: np.ndarray, soft: np.ndarray, lam: float = 300.0, si
     if not _has_ximgproc():
         return soft
     h, w = soft.shape[1:]
-    scaled = lam * (float(np.hypot(h, w)) / _REFERENCE_DIAGONAL) ** 2
+    scaled = lam * (float(np.hypot(h, w)) / REFERENCE_DIAGONAL) ** 2
     out = np.empty_like(soft, dtype=np.float32)
     for t in range(len(soft)):
         out[t] = cv2.ximgproc.fastGlobalSmootherFilter(np.ascontiguousarray(frames[t]), soft[t].astype(np.float32),
