@@ -41,8 +41,7 @@ from vosbatch.config import RunConfig, parse_method_params  # noqa: E402
 from vosbatch.data import davis_sequences  # noqa: E402
 from vosbatch.features.vit import VIT_MODELS  # noqa: E402
 from vosbatch.metrics import evaluate_sequence  # noqa: E402
-from vosbatch.pipeline import VideoSegmenter  # noqa: E402
-from vosbatch.postprocess.appearance import AppearanceNetConfig  # noqa: E402
+from vosbatch.pipeline import VideoSegmenter, appearance_net_settings  # noqa: E402
 from vosbatch.postprocess.binarize import refine_and_threshold, soft_at_full_size  # noqa: E402
 from vosbatch.postprocess.crf import CRFParams, crf_available, crf_params  # noqa: E402
 
@@ -63,7 +62,7 @@ def config_tag(cfg: RunConfig) -> str:
                                       cfg.work_height, cfg.method_params, cfg.seed], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-APPEARANCE = {"colour": None, "net": AppearanceNetConfig()}  # --appearance choices -> the net's settings
+APPEARANCE = ("colour", "net")  # --appearance choices: the colour model alone, or the appearance net before it
 
 
 def run_configuration(cfg: RunConfig, sequences, refinements: List[str], run_dir: Path, flow_cache: Optional[str],
@@ -95,9 +94,9 @@ def _binarised_rows(cfg: RunConfig, name: str, frames: np.ndarray, gt, res: Dict
                     crf_params: Optional[CRFParams], appearance: str) -> List[Dict]:
     """One sequence's rows for one appearance model: init and optimised masks through each refinement."""
     n = len(frames)
+    net = appearance_net_settings(dataclasses.replace(cfg, appearance_net=appearance == "net"))
     t0 = time.perf_counter()
-    full = {stage: soft_at_full_size(res[stage], frames.shape[1], frames.shape[2], frames, cfg.appearance_weight,
-                                     APPEARANCE[appearance], cfg.seed)
+    full = {stage: soft_at_full_size(res[stage], frames.shape[1], frames.shape[2], frames, cfg.appearance_weight, net, cfg.seed)
             for stage in ("init", "soft")}  # shared by every refinement
     t_shared = (time.perf_counter() - t0) / (2 * n)
     rows = []

@@ -32,6 +32,11 @@ class SegmentationResult:
     info: Dict[str, float] = field(default_factory=dict)
 
 
+def appearance_net_settings(cfg: RunConfig) -> Optional[AppearanceNetConfig]:
+    """The appearance net a run configuration asks for (None: the colour model alone)."""
+    return AppearanceNetConfig() if cfg.appearance_net else None
+
+
 class Timer:
     def __init__(self) -> None:
         self.seconds: Dict[str, float] = {}
@@ -114,7 +119,7 @@ class VideoSegmenter:
 
     @property
     def appearance_net(self) -> Optional[AppearanceNetConfig]:
-        return AppearanceNetConfig() if self.cfg.appearance_net else None
+        return appearance_net_settings(self.cfg)
 
     def _feature_grid(self, work_hw) -> Optional[tuple[int, int]]:
         """Methods that consume appearance features say on which grid (``fn.feature_grid``)."""
