@@ -3,10 +3,11 @@
 
 Rows: flow backend × feature backend × appearance model (the colour model alone, or the per-video
 appearance net before it) × refinement (none / guided filter / fast global smoother / smoother +
-dense CRF). Columns: the initialisation's J, J after the optimisation (Eq. 1), F, J&F, the optimisation's gain and the
-method's seconds per frame. Each (flow, features) pair runs the method **once** per sequence; its
-soft masks (initialisation and optimised) are saved, and every refinement is applied to both from
-those files, so "init vs + optimisation" and "with vs without CRF" come from the same masks.
+dense CRF). Columns: the initialisation's J, J after the optimisation (Eq. 1), F, J&F, the
+optimisation's gain and the method's seconds per frame. Each (flow, features) pair runs the method
+**once** per sequence; its soft masks (initialisation and optimised) are saved, and every refinement
+is applied to both from those files, so "init vs + optimisation" and "with vs without CRF" come
+from the same masks.
 Flows are cached (``--flow-cache``) and reused across configurations and reruns; a rerun with the
 same ``--run-id`` reuses the saved soft masks.
 

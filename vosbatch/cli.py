@@ -40,13 +40,14 @@ def main() -> None:
     """Unsupervised video object segmentation as a distributed batch job."""
 
 
-# Options of `submit` that set RunConfig fields (option name -> field); on --resume, only those given
-# explicitly override the run's stored configuration.
+# --refine, shared by `submit` and `segment`.
 _refine_option = click.option(
     "--refine", default="fgs", show_default=True, type=click.Choice(list(REFINEMENTS)),
     help="Refinement before binarising: fgs (edge-aware fast global smoother, default), guided (guided filter), "
          "crf (the smoother then a dense CRF; needs the crf extra) or none.")
 
+# Options of `submit` that set RunConfig fields (option name -> field); on --resume, only those given
+# explicitly override the run's stored configuration.
 _CONFIG_OPTIONS = {
     "method": "method", "flow": "flow", "flow_weights": "flow_weights", "flow_iters": "flow_iters",
     "flow_reliability": "flow_reliability", "features": "features", "feature_weights": "feature_weights",

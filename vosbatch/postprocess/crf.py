@@ -23,7 +23,6 @@ from ..errors import VosbatchError
 from .refine import REFERENCE_DIAGONAL  # the widths below are in pixels of that frame
 
 
-
 class CRFUnavailable(VosbatchError):
     """``--refine crf`` was asked for but the ``crf`` extra (pydensecrf2) is not installed."""
 
