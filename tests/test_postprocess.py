@@ -98,3 +98,25 @@ def test_binarize_with_the_appearance_net_returns_full_size_masks_that_recover_t
     assert with_net.shape == vid.masks.shape and with_net.dtype == bool
     j = lambda m: np.mean([jaccard(m[i], vid.masks[i]) for i in lost])  # noqa: E731
     assert j(plain) < 0.1 < 0.6 < j(with_net), (j(plain), j(with_net))
+
+
+@pytest.mark.parametrize("refine", [smoother_refine, guided_refine])
+def test_refinement_without_ximgproc_keeps_the_masks_and_says_so_once(refine, monkeypatch, caplog):
+    # a broken install (opencv-contrib shadowed by plain OpenCV) must not fail the batch, nor pass silently
+    import logging
+
+    import cv2
+    from vosbatch.postprocess import refine as refine_module
+
+    monkeypatch.delattr(cv2, "ximgproc", raising=False)
+    refine_module._has_ximgproc.cache_clear()
+    try:
+        frames = np.zeros((2, 16, 16, 3), np.uint8)
+        soft = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+        with caplog.at_level(logging.WARNING, logger=refine_module.__name__):
+            first, second = refine(frames, soft), refine(frames, soft)
+        assert np.array_equal(first, soft) and np.array_equal(second, soft)
+        warnings = [r for r in caplog.records if "ximgproc" in r.getMessage()]
+        assert len(warnings) == 1, caplog.text
+    finally:
+        refine_module._has_ximgproc.cache_clear()

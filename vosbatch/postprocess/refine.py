@@ -14,14 +14,26 @@ F 0.588 against the guided filter's 0.615 / 0.566 (README's ablation table).
 """
 from __future__ import annotations
 
+import functools
+import logging
+
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 REFERENCE_DIAGONAL = float(np.hypot(854, 480))  # DAVIS 480p: the size at which pixel-unit parameters here and in .crf are given
 
 
+@functools.lru_cache(maxsize=None)
 def _has_ximgproc() -> bool:
-    return hasattr(cv2, "ximgproc")  # opencv-contrib missing: refinement is an improvement, not a need
+    """Whether OpenCV has the contrib ximgproc filters. Without them refinement is skipped (it is an
+    improvement, not a need), and that is said once per process so a broken install is not silent."""
+    if hasattr(cv2, "ximgproc"):
+        return True
+    log.warning("OpenCV has no ximgproc (opencv-contrib-python-headless is not installed or is shadowed by "
+                "another OpenCV package): edge-aware refinement is skipped and masks keep their upsampled edges")
+    return False
 
 
 def guided_refine(frames: np.ndarray, soft: np.ndarray, radius_frac: float = 0.02, eps: float = 1e-2) -> np.ndarray:
