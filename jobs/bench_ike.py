@@ -3,8 +3,8 @@
 
 Runs ``--method ike`` sequence by sequence in this process through the pipeline's own predictor
 (:meth:`VideoSegmenter.method_output`), with the flow read from / written to a flow cache, and scores every stage (graph1, net1, graph2, ...) with the raw binarisation (no colour
-model, no edge-aware filter) and, with ``--both``, also the pipeline's default binarisation for the
-first graph stage and the final masks. Appends one JSON line per sequence to ``--out``.
+model, no edge-aware filter) and, with ``--both``, also with the pipeline's default binarisation (what
+``submit`` writes). Appends one JSON line per sequence to ``--out``.
 
     OMP_NUM_THREADS=1 python jobs/bench_ike.py --data-root ../shared/data/DAVIS2016 --flow raft-small \\
         --flow-weights ../shared/models/raft-small.pth --flow-cache /tmp/ike/flowcache --sequences dog,libby -p cycles=1
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--flow-cache", default=None)
     ap.add_argument("--work-height", type=int, default=240)
     ap.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="IkeConfig parameter")
-    ap.add_argument("--both", action="store_true", help="also score with the pipeline's binarisation (colour model + the default refinement)")
+    ap.add_argument("--both", action="store_true", help="also score every stage with the pipeline's binarisation (colour model + the default refinement)")
     ap.add_argument("--out", default=None, help="append per-sequence JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -55,8 +55,6 @@ def main() -> None:
         row = {"sequence": seq.name, "frames": t_len, "seconds_per_frame_method": sum(method_seconds.values()) / t_len}
         for colour in ([False, True] if args.both else [False]):
             for name, soft in list(out.stages.items()) + [("final", out.soft)]:
-                if colour and name not in ("graph1", "final"):
-                    continue
                 # colour: the pipeline's own binarisation (colour model + refinement); raw: the K-means cut alone
                 masks = segmenter.binarize(frames, soft) if colour else binarize(soft, H, W, refine="none")
                 sc = evaluate_sequence(list(masks), gt)

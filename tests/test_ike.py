@@ -126,6 +126,22 @@ def test_graph_finds_moving_object_from_random_start():
         assert _iou(out.stages["graph1"], vid.masks) > 0.7, seed
 
 
+def test_graph_stages_are_output_as_probabilities():
+    """The scaled eigenvector is a score; the method outputs it centred at the video's K-means cut
+    and sharpened, so the binarisation's colour model sees a confident object and background."""
+    vid = make_video(frames=10, size=(48, 64), obj_size=(9, 12), obj_velocity=(2.0, 1.0), bg_velocity=(-1.0, 0.5), seed=2)
+    kw = dict(cycles=1, graph_stride=1, chain_length=6, feature_window=2)
+    out = _run(vid, **kw)
+    graph = out.stages["graph1"]
+    np.testing.assert_array_equal(out.soft, graph)
+    assert np.median(graph[vid.masks]) > 0.75 and np.median(graph[~vid.masks]) < 0.25
+    pred = graph > 0.5
+    assert (pred & vid.masks).sum() / (pred | vid.masks).sum() > 0.7
+    # the sharpness spreads the levels but keeps the decisions: 0.5 is the cut whatever it is
+    plain = _run(vid, graph_sharpness=1.0, **kw).stages["graph1"]
+    assert not np.allclose(plain, graph) and np.array_equal(plain > 0.5, pred)
+
+
 def test_net_training_is_deterministic_and_learns():
     vid = make_video(frames=6, size=(32, 48), obj_size=(7, 10), seed=5)
     x = torch.from_numpy(vid.frames.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
@@ -201,6 +217,8 @@ def test_final_output_choice():
     """``final`` picks the last graph, the last net or their mean; anything else is refused up front."""
     vid = make_video(frames=6, size=(32, 48), obj_size=(7, 9), obj_velocity=(2.0, 1.0), seed=3)
     kw = dict(cycles=2, graph_stride=1, chain_length=4, feature_window=1, net_steps=10)
+    default = _run(vid, **kw)  # the last graph stage
+    np.testing.assert_array_equal(default.soft, default.stages["graph2"])
     by_net = _run(vid, final="net", **kw)
     np.testing.assert_array_equal(by_net.soft, by_net.stages["net1"])
     mean = _run(vid, final="mean", **kw)

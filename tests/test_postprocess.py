@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from vosbatch.metrics import boundary_f, jaccard
-from vosbatch.postprocess.binarize import binarize, kmeans_threshold
+from vosbatch.postprocess.binarize import binarize, centre_at_cut, kmeans_threshold
 from vosbatch.postprocess.refine import guided_refine, smoother_refine
 from vosbatch.testing.synthetic import make_video
 
@@ -13,6 +13,23 @@ def test_kmeans_threshold_separates_two_levels_and_falls_back_to_half():
     soft = np.concatenate([rng.normal(0.2, 0.03, 5000), rng.normal(0.7, 0.03, 2000)]).clip(0, 1)
     assert 0.4 < kmeans_threshold(soft) < 0.5
     assert kmeans_threshold(np.full(1000, 0.3) + rng.normal(0, 0.01, 1000)) == 0.5
+
+
+def test_centre_at_cut_puts_the_videos_cut_at_half_and_its_levels_on_the_confident_sides():
+    """A scaled score (background ~0.03, object ~0.4: an eigenvector, not a probability) becomes a
+    probability whose 0.5 is the video's K-means cut; sharpened, both levels read as confident for
+    the colour model (< 0.25, > 0.75), which an object at 0.4 is not."""
+    rng = np.random.default_rng(1)
+    score = np.concatenate([rng.normal(0.03, 0.01, 8000), rng.normal(0.4, 0.05, 2000), [0.0, 1.0]]).clip(0, 1)
+    cut = kmeans_threshold(score)
+    for sharpness in (1.0, 3.0):
+        prob = centre_at_cut(score, sharpness)
+        assert prob.dtype == np.float32 and prob.shape == score.shape
+        assert np.array_equal(prob > 0.5, score > cut)  # same decisions, monotone
+        assert prob[-2] < 1e-4 and prob[-1] > 1 - 1e-4  # certain stays certain
+    sharp, plain = centre_at_cut(score, 3.0), centre_at_cut(score, 1.0)
+    assert np.median(sharp[:8000]) < 0.25 and np.median(sharp[8000:10000]) > 0.75
+    assert 0.25 < np.median(plain[8000:10000]) < 0.75
 
 
 @pytest.mark.parametrize("refine", ["fgs", "guided"])

@@ -43,6 +43,21 @@ def kmeans_threshold(soft: np.ndarray, samples: int = 200_000, seed: int = 0, mi
     return 0.5 * (lo + hi) if hi - lo >= min_gap else 0.5
 
 
+def centre_at_cut(soft: np.ndarray, sharpness: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Soft masks re-centred so that the video's K-means threshold τ maps to 0.5:
+    σ(sharpness · (logit p − logit τ)), float32.
+
+    The CRF and the colour model read 0.5 as the decision boundary (and the colour model > 0.75 /
+    < 0.25 as confident); K-means puts the video's boundary at τ. The shift is in logit space, so 0
+    and 1 stay 0 and 1; ``sharpness`` > 1 also spreads a score that is not a probability (an
+    eigenvector scaled to [0,1]) over the confident ranges.
+    """
+    tau = float(np.clip(kmeans_threshold(soft, seed=seed), 1e-3, 1 - 1e-3))
+    p = np.clip(soft, 1e-6, 1 - 1e-6)
+    logit = np.log(p) - np.log1p(-p)
+    return (1.0 / (1.0 + np.exp(-sharpness * (logit - np.log(tau / (1 - tau)))))).astype(np.float32)
+
+
 def binarize(
     soft: np.ndarray,
     height: int,
@@ -93,8 +108,5 @@ def refine_and_threshold(full: np.ndarray, guide: Optional[np.ndarray] = None, r
     if guide is not None and refine in EDGE_FILTERS:
         full = EDGE_FILTERS[refine](guide, full)
     if guide is not None and refine == "crf":
-        tau = float(np.clip(kmeans_threshold(full, seed=seed), 1e-3, 1 - 1e-3))
-        logit = np.log(np.clip(full, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(full, 1e-6, 1 - 1e-6))
-        centred = 1.0 / (1.0 + np.exp(-(logit - np.log(tau / (1 - tau)))))
-        return crf_refine(guide, centred.astype(np.float32), crf_params) > 0.5
+        return crf_refine(guide, centre_at_cut(full, seed=seed), crf_params) > 0.5
     return full > kmeans_threshold(full, seed=seed)
