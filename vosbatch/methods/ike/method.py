@@ -59,7 +59,7 @@ class IkeConfig:
     graph_sharpness: float = 3.0
     # output: the last "graph" stage (default), the last "net", or the "mean" of the two. DAVIS val
     # (RAFT-small, through the pipeline's binarisation: colour model + smoother): graph3 J 0.635 /
-    # F 0.582, net2 0.617 / 0.548. (Before graph stages were output as probabilities, graph3 read
+    # F 0.582, net2 0.617 / 0.548, their mean 0.630 / 0.568. (Before graph stages were output as probabilities, graph3 read
     # 0.561 there with the guided filter and the net was the better output.)
     final: str = "graph"
     seed: int = 0
