@@ -43,16 +43,16 @@ def kmeans_threshold(soft: np.ndarray, samples: int = 200_000, seed: int = 0, mi
     return 0.5 * (lo + hi) if hi - lo >= min_gap else 0.5
 
 
-def centre_at_cut(soft: np.ndarray, sharpness: float = 1.0, seed: int = 0) -> np.ndarray:
+def centre_at_cut(soft: np.ndarray, sharpness: float = 1.0, seed: int = 0, cut: Optional[float] = None) -> np.ndarray:
     """Soft masks re-centred so that the video's K-means threshold τ maps to 0.5:
-    σ(sharpness · (logit p − logit τ)), float32.
+    σ(sharpness · (logit p − logit τ)), float32. ``cut``: τ when the caller already has it.
 
     The CRF and the colour model read 0.5 as the decision boundary (and the colour model > 0.75 /
     < 0.25 as confident); K-means puts the video's boundary at τ. The shift is in logit space, so 0
     and 1 stay 0 and 1; ``sharpness`` > 1 also spreads a score that is not a probability (an
     eigenvector scaled to [0,1]) over the confident ranges.
     """
-    tau = float(np.clip(kmeans_threshold(soft, seed=seed), 1e-3, 1 - 1e-3))
+    tau = float(np.clip(kmeans_threshold(soft, seed=seed) if cut is None else cut, 1e-3, 1 - 1e-3))
     p = np.clip(soft, 1e-6, 1 - 1e-6)
     logit = np.log(p) - np.log1p(-p)
     return (1.0 / (1.0 + np.exp(-sharpness * (logit - np.log(tau / (1 - tau)))))).astype(np.float32)

@@ -117,7 +117,7 @@ def _soft_from_eigenvector(x: torch.Tensor, saliency: torch.Tensor, normalise: s
     return (x / scale).clamp(0, 1).numpy().astype(np.float32)
 
 
-def graph_probabilities(soft: np.ndarray, cfg: IkeConfig) -> np.ndarray:
+def graph_probabilities(soft: np.ndarray, cut: float, cfg: IkeConfig) -> np.ndarray:
     """A graph stage's scaled eigenvector -> the soft masks the method outputs (probabilities).
 
     The scaled eigenvector is a score, not a probability: the object often sits at 0.3-0.6, which
@@ -126,7 +126,7 @@ def graph_probabilities(soft: np.ndarray, cfg: IkeConfig) -> np.ndarray:
     video's K-means cut and sharpened in logit space it reads as the cut says (0.86 there). Only the
     output is mapped: the cycles keep the raw scores for their features and the net's labels.
     """
-    return centre_at_cut(soft, cfg.graph_sharpness, cfg.seed)
+    return centre_at_cut(soft, cfg.graph_sharpness, cut=cut)
 
 
 def _above_cut(soft: np.ndarray, cut: float) -> torch.Tensor:
@@ -185,13 +185,13 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
         if cycle > 1 and cfg.warm_start:
             start = 0.5 * (torch.from_numpy(soft) + torch.from_numpy(pred))[:, None]
         soft, res = graph_cycle(warper, parts, saliency, cfg, cfg.seed + cycle, start)
-        stages[f"graph{cycle}"] = graph_probabilities(soft, cfg)
+        cut = kmeans_threshold(soft, seed=cfg.seed)  # the graph's own object/background split
+        stages[f"graph{cycle}"] = graph_probabilities(soft, cut, cfg)
         info[f"power_iterations_graph{cycle}"] = float(res.iterations)
         info[f"seconds_graph{cycle}"] = time.perf_counter() - t0
         if cycle == cfg.cycles:
             break
         t0 = time.perf_counter()
-        cut = kmeans_threshold(soft, seed=cfg.seed)  # the graph's own object/background split
         pred, ninfo = train_and_predict(net_inputs, torch.from_numpy(soft)[:, None], cut, net_cfg, seed=cfg.seed + cycle)
         stages[f"net{cycle}"] = pred
         info.update({f"net{cycle}_{k}": v for k, v in ninfo.items()})
