@@ -61,6 +61,7 @@ def main() -> None:
                 tag = ("colour_" if colour else "") + name
                 row[f"{tag}_J"], row[f"{tag}_F"] = sc.j_mean, sc.f_mean
         row.update({f"seconds_{k}": v / t_len for k, v in method_seconds.items()})
+        row.update({k: v for k, v in out.info.items() if k.startswith("power_iterations")})
         row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         rows.append(row)
         print(json.dumps(row), flush=True)
