@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from vosbatch.config import RunConfig, parse_method_params  # noqa: E402
 from vosbatch.data import davis_sequences  # noqa: E402
 from vosbatch.features.vit import VIT_MODELS  # noqa: E402
+from vosbatch.io.png import write_davis_png  # noqa: E402
 from vosbatch.metrics import evaluate_sequence  # noqa: E402
 from vosbatch.pipeline import VideoSegmenter, appearance_net_settings  # noqa: E402
 from vosbatch.postprocess.binarize import refine_and_threshold, soft_at_full_size  # noqa: E402
@@ -67,8 +68,11 @@ APPEARANCE = ("colour", "net")  # --appearance choices: the colour model alone, 
 
 
 def run_configuration(cfg: RunConfig, sequences, refinements: List[str], run_dir: Path, flow_cache: Optional[str],
-                      crf_params: Optional[CRFParams] = None, appearances: List[str] = ("colour",)) -> List[Dict]:
-    """Per-sequence rows for one (flow, features) pair and every appearance model and refinement."""
+                      crf_params: Optional[CRFParams] = None, appearances: List[str] = ("colour",),
+                      save_masks: bool = False) -> List[Dict]:
+    """Per-sequence rows for one (flow, features) pair and every appearance model and refinement.
+    ``save_masks``: also write each row's optimised binary masks as DAVIS-layout PNGs (see
+    :func:`masks_dir`), e.g. as ``--refine-from`` input for another method."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     segmenter = VideoSegmenter(cfg, flow_cache)
     soft_dir = run_dir / "soft" / f"flow={cfg.flow}" / f"features={cfg.features}" / config_tag(cfg)
@@ -87,14 +91,21 @@ def run_configuration(cfg: RunConfig, sequences, refinements: List[str], run_dir
             np.savez(path, **res)
         n = len(frames)
         for appearance in appearances:
-            rows += _binarised_rows(cfg, seq.name, frames, gt, res, refinements, crf_params, appearance)
+            rows += _binarised_rows(cfg, seq, frames, gt, res, refinements, crf_params, appearance,
+                                    run_dir if save_masks else None)
     return rows
 
 
-def _binarised_rows(cfg: RunConfig, name: str, frames: np.ndarray, gt, res: Dict, refinements: List[str],
-                    crf_params: Optional[CRFParams], appearance: str) -> List[Dict]:
-    """One sequence's rows for one appearance model: init and optimised masks through each refinement."""
-    n = len(frames)
+def masks_dir(run_dir: Path, cfg: RunConfig, appearance: str, refine: str) -> Path:
+    """``RUN_DIR/masks/<flow>-<features>-<appearance>-<refine>``: one DAVIS-layout folder per table row."""
+    return run_dir / "masks" / f"{cfg.flow}-{cfg.features}-{appearance}-{refine}"
+
+
+def _binarised_rows(cfg: RunConfig, seq, frames: np.ndarray, gt, res: Dict, refinements: List[str],
+                    crf_params: Optional[CRFParams], appearance: str, save_under: Optional[Path] = None) -> List[Dict]:
+    """One sequence's rows for one appearance model: init and optimised masks through each refinement
+    (the optimised ones written as PNGs under ``save_under``'s :func:`masks_dir` when given)."""
+    n, name = len(frames), seq.name
     net = appearance_net_settings(dataclasses.replace(cfg, appearance_net=appearance == "net"))
     t0 = time.perf_counter()
     full = {stage: soft_at_full_size(res[stage], frames.shape[1], frames.shape[2], frames, cfg.appearance_weight, net, cfg.seed)
@@ -110,6 +121,10 @@ def _binarised_rows(cfg: RunConfig, name: str, frames: np.ndarray, gt, res: Dict
             t_refine += time.perf_counter() - t0
             s = evaluate_sequence(list(masks), gt)
             scores[stage] = (float(s.j_mean), float(s.f_mean))
+            if stage == "soft" and save_under is not None:
+                folder = masks_dir(save_under, cfg, appearance, refine) / name
+                for frame_name, mask in zip(seq.frame_names, masks):
+                    write_davis_png(mask, folder / f"{frame_name}.png")
         r = {
             "flow": cfg.flow, "features": cfg.features, "appearance": appearance, "refine": refine, "sequence": name,
             "frames": n, "init_j": scores["init"][0], "init_f": scores["init"][1], "j": scores["soft"][0], "f": scores["soft"][1],
@@ -182,6 +197,9 @@ def main() -> int:
                     help="run the dense CRF at most at this height (marginals upsampled; 0: full size)")
     ap.add_argument("--crf-param", action="append", default=[], metavar="KEY=VALUE",
                     help="dense CRF parameter (vosbatch/postprocess/crf.py CRFParams), e.g. appearance_xy_std=40")
+    ap.add_argument("--save-masks", action="store_true",
+                    help="write each row's optimised binary masks as DAVIS-layout PNGs under RUN_DIR/masks/"
+                         "<flow>-<features>-<appearance>-<refine>/ (e.g. for --refine-from)")
     ap.add_argument("--jobs", type=int, default=1, help="configurations run in parallel processes")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
     args = ap.parse_args()
@@ -229,12 +247,12 @@ def main() -> int:
         print(f"== flow {cfg.flow}, features {cfg.features}, refinements {','.join(refinements)}", flush=True)
     if args.jobs > 1 and len(configs) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_configuration, cfg, sequences, refinements, run_dir, flow_cache, crf, appearances) for cfg in configs]
+            futures = [pool.submit(run_configuration, cfg, sequences, refinements, run_dir, flow_cache, crf, appearances, args.save_masks) for cfg in configs]
             for fut in futures:
                 rows += fut.result()
     else:
         for cfg in configs:
-            rows += run_configuration(cfg, sequences, refinements, run_dir, flow_cache, crf, appearances)
+            rows += run_configuration(cfg, sequences, refinements, run_dir, flow_cache, crf, appearances, args.save_masks)
             write(rows, run_dir / "per_sequence")
     write(rows, run_dir / "per_sequence")
     table = summarise_rows(rows)

@@ -8,6 +8,9 @@ model, no edge-aware filter) and, with ``--both``, also with the pipeline's defa
 
     OMP_NUM_THREADS=1 python jobs/bench_ike.py --data-root ../shared/data/DAVIS2016 --flow raft-small \\
         --flow-weights ../shared/models/raft-small.pth --flow-cache /tmp/ike/flowcache --sequences dog,libby -p cycles=1
+
+``--refine-from RUN_OR_DIR`` runs the refinement mode on another method's masks, as ``submit
+--refine-from`` does, e.g. globalopt's from ``jobs/ablation_davis.py --save-masks``.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 
 from vosbatch.config import RunConfig, parse_method_params
 from vosbatch.data.davis import davis_sequences
+from vosbatch.io.priors import load_prior_masks
 from vosbatch.metrics.davis import evaluate_sequence
 from vosbatch.pipeline import VideoSegmenter
 from vosbatch.postprocess.binarize import binarize
@@ -38,6 +42,8 @@ def main() -> None:
     ap.add_argument("--work-height", type=int, default=240)
     ap.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="IkeConfig parameter")
     ap.add_argument("--both", action="store_true", help="also score every stage with the pipeline's binarisation (colour model + the default refinement)")
+    ap.add_argument("--refine-from", default=None, metavar="RUN_OR_DIR",
+                    help="another method's masks as node features (a vosbatch run or a DAVIS-layout PNG folder)")
     ap.add_argument("--out", default=None, help="append per-sequence JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -50,7 +56,8 @@ def main() -> None:
         frames = seq.load_frames()
         t_len, H, W = frames.shape[:3]
         gt = seq.load_gt((H, W))
-        out, seconds = segmenter.method_output(frames)
+        prior = load_prior_masks(args.refine_from, seq.dataset, seq.name, seq.frame_names) if args.refine_from else None
+        out, seconds = segmenter.method_output(frames, prior)
         method_seconds = {k: v for k, v in seconds.items() if k not in _INPUT_STEPS}
         row = {"sequence": seq.name, "frames": t_len, "seconds_per_frame_method": sum(method_seconds.values()) / t_len}
         for colour in ([False, True] if args.both else [False]):

@@ -213,3 +213,48 @@ def test_pseudo_label_arguments_and_dry_run():
     res = run_job("pseudo_label.py", "--input", "a b.mp4", "--output", "s3://b/p", "--run-id", "r1", "--dry-run")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("submit --input 'a b.mp4' --output s3://b/p --run-id r1 --no-progress")
+
+
+# --------------------------------------------------------------------------------------------------
+# DAVIS benchmark scripts: the ablation's saved masks and IKE's refinement mode on them
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ablation_saves_the_masks_it_scores(tmp_path):
+    from vosbatch.io.png import read_png_folder
+    from vosbatch.metrics import evaluate_sequence
+    import pyarrow.csv as pacsv
+
+    vid = make_video(frames=6, size=(48, 64), obj_size=(11, 15), obj_velocity=(2.0, 1.0), bg_velocity=(-1.0, 0.0), seed=4)
+    root = write_davis_fixture(tmp_path / "DAVIS", {"walker": vid})
+    res = run_job("ablation_davis.py", "--data-root", root, "--output", tmp_path / "abl", "--run-id", "r", "--flows", "dis",
+                  "--refinements", "none,fgs", "--save-masks", "-p", "grid_stride=4", "-p", "opt_stride=2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = {r["refine"]: r for r in pacsv.read_csv(tmp_path / "abl" / "r" / "per_sequence.csv").to_pylist()}
+    for refine in ("none", "fgs"):
+        saved = read_png_folder(tmp_path / "abl" / "r" / "masks" / f"dis-colour-colour-{refine}" / "walker")
+        assert sorted(saved) == [f"{t:05d}" for t in range(6)]
+        # the PNGs are exactly the masks the table scored
+        score = evaluate_sequence([saved[f"{t:05d}"] for t in range(6)], list(vid.masks))
+        assert score.j_mean == pytest.approx(rows[refine]["j"], abs=1e-9)
+        assert score.j_mean > 0.5
+
+
+@pytest.mark.slow
+def test_bench_ike_refines_from_a_png_folder(tmp_path):
+    # object and background move together: only the other method's masks can find the object
+    vid = make_video(frames=8, size=(48, 64), obj_size=(11, 15), obj_velocity=(1.0, 0.5), bg_velocity=(1.0, 0.5), seed=3)
+    root = write_davis_fixture(tmp_path / "DAVIS", {"still": vid})
+    other = write_davis_fixture(tmp_path / "other", {"still": vid})  # DAVIS layout: Annotations/480p/<seq>/*.png
+
+    def bench(*extra):
+        out = tmp_path / f"ike{len(extra)}.jsonl"
+        res = run_job("bench_ike.py", "--data-root", root, "--work-height", 48, "--out", out, "-p", "cycles=1",
+                      "-p", "graph_stride=1", "-p", "chain_length=6", "-p", "feature_window=2", *extra)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return json.loads(out.read_text().splitlines()[0])
+
+    refined = bench("--refine-from", other / "Annotations" / "480p")
+    assert refined["final_J"] > 0.7
+    assert bench()["final_J"] < refined["final_J"] - 0.2
+    missing = run_job("bench_ike.py", "--data-root", root, "--work-height", 48, "--refine-from", tmp_path / "nowhere")
+    assert missing.returncode != 0 and "no prior masks for sequence 'still'" in missing.stderr
