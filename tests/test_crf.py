@@ -34,8 +34,12 @@ def test_crf_snaps_a_blurred_mask_to_the_colour_edge():
     before = soft[0] > 0.5
     after = crf_refine(img, soft)[0] > 0.5
     assert jaccard(after, truth[0]) > jaccard(before, truth[0]) + 0.03, (jaccard(before, truth[0]), jaccard(after, truth[0]))
-    assert jaccard(after, truth[0]) > 0.95
+    assert jaccard(after, truth[0]) > 0.93
     assert boundary_f(after, truth[0]) > boundary_f(before, truth[0]) + 0.1
+    # the defaults reach less far than DeepLab's (their unary is already edge-snapped by the smoother);
+    # DeepLab's wider colour kernel and stronger smoothness pull this 4-px-off blur all the way
+    deeplab = crf_refine(img, soft, crf_params(appearance_xy_std=67.0, smoothness_weight=3.0))[0] > 0.5
+    assert jaccard(deeplab, truth[0]) > 0.95
 
 
 @needs_crf
