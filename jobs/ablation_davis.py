@@ -196,7 +196,7 @@ def main() -> int:
     ap.add_argument("--crf-max-height", type=int, default=CRFParams().max_height,
                     help="run the dense CRF at most at this height (marginals upsampled; 0: full size)")
     ap.add_argument("--crf-param", action="append", default=[], metavar="KEY=VALUE",
-                    help="dense CRF parameter (vosbatch/postprocess/crf.py CRFParams), e.g. appearance_xy_std=40")
+                    help="dense CRF parameter (vosbatch/postprocess/crf.py CRFParams), e.g. appearance_xy_std=67 (DeepLab's)")
     ap.add_argument("--save-masks", action="store_true",
                     help="write each row's optimised binary masks as DAVIS-layout PNGs under RUN_DIR/masks/"
                          "<flow>-<features>-<appearance>-<refine>/ (e.g. for --refine-from)")
