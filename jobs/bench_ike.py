@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--flow-weights", default=None)
     ap.add_argument("--flow-cache", default=None)
     ap.add_argument("--work-height", type=int, default=240)
+    ap.add_argument("--flow-reliability", default="none", help="none | photometric | photometric+fb (as submit)")
     ap.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="IkeConfig parameter")
     ap.add_argument("--both", action="store_true", help="also score every stage with the pipeline's binarisation (colour model + the default refinement)")
     ap.add_argument("--refine-from", default=None, metavar="RUN_OR_DIR",
@@ -47,7 +48,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append per-sequence JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    cfg = RunConfig(method="ike", flow=args.flow, flow_weights=args.flow_weights, work_height=args.work_height,
+    cfg = RunConfig(method="ike", flow=args.flow, flow_weights=args.flow_weights, work_height=args.work_height, flow_reliability=args.flow_reliability,
                     method_params=parse_method_params(args.p))
     segmenter = VideoSegmenter(cfg, flow_cache=args.flow_cache)
     names = args.sequences.split(",") if args.sequences else None

@@ -225,3 +225,24 @@ def test_final_output_choice():
     np.testing.assert_allclose(mean.soft, 0.5 * (mean.stages["graph2"] + mean.stages["net1"]), rtol=1e-6)
     with pytest.raises(ValueError, match="final='last'"):
         _run(vid, final="last", **kw)
+
+
+def test_unreliable_flow_is_not_motion():
+    """With the run's flow-quality masks (--flow-reliability), flow marked unreliable adds no motion:
+    a background patch of incoherent flow (as on water) stops competing with the object."""
+    vid = make_video(frames=10, size=(48, 64), obj_size=(8, 10), obj_velocity=(2.0, 1.0), bg_velocity=(-1.0, 0.5), seed=4)
+    rng = np.random.default_rng(0)
+    fwd, bwd = vid.forward.copy(), vid.backward.copy()
+    patch = (slice(None), slice(0, 20), slice(44, 64))  # the object never goes there
+    assert not vid.masks[patch].any()
+    fwd[patch] += 5 * rng.standard_normal(fwd[patch].shape).astype(np.float32)
+    bwd[patch] += 5 * rng.standard_normal(bwd[patch].shape).astype(np.float32)
+    reliable = np.ones(fwd.shape[:3], bool)
+    reliable[patch] = False
+    fn, cls = get_method("ike")
+    params = cls(cycles=1, graph_stride=1, chain_length=6, feature_window=2)
+    noisy = fn(MethodInput(vid.frames, BidirectionalFlow(fwd, bwd)), params).stages["graph1"]
+    masked = fn(MethodInput(vid.frames, BidirectionalFlow(fwd, bwd), reliable_forward=reliable,
+                            reliable_backward=reliable.copy()), params).stages["graph1"]
+    assert _iou(masked, vid.masks) > 0.9
+    assert _iou(masked, vid.masks) > _iou(noisy, vid.masks) + 0.1

@@ -70,9 +70,12 @@ def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
     fwd, bwd = inp.flow.forward, inp.flow.backward
     if cfg.motion == "residual":
         fwd, bwd = residual_flow(fwd, seed=cfg.seed), residual_flow(bwd, seed=cfg.seed)
+    if inp.reliable_forward is not None:  # the run's flow-quality masks: unreliable flow is missing, not motion
+        fwd = np.where(inp.reliable_forward[..., None], fwd, np.nan)
+        bwd = np.where(inp.reliable_backward[..., None], bwd, np.nan)
     nxt, prv = per_frame_motion(fwd, bwd)
-    sal = motion_saliency(nxt, prv)
-    nxt = np.where(np.isnan(nxt), -np.nan_to_num(prv), nxt)  # first/last frame: the other direction
+    sal = np.nan_to_num(motion_saliency(nxt, prv))  # 0 where neither direction is known
+    nxt = np.where(np.isnan(nxt), -np.nan_to_num(prv), nxt)  # first/last frame, unreliable: the other direction
     prv = np.where(np.isnan(prv), -np.nan_to_num(nxt), prv)
     if cfg.encoding == "linear":
         return np.concatenate([nxt, prv, sal[..., None]], -1).astype(np.float32)
