@@ -214,15 +214,15 @@ def test_soft_masks_scaled_per_frame():
 
 
 def test_final_output_choice():
-    """``final`` picks the last graph, the last net or their mean; anything else is refused up front."""
+    """``final`` picks the last graph, the last net or their mean (default); anything else is refused up front."""
     vid = make_video(frames=6, size=(32, 48), obj_size=(7, 9), obj_velocity=(2.0, 1.0), seed=3)
     kw = dict(cycles=2, graph_stride=1, chain_length=4, feature_window=1, net_steps=10)
-    default = _run(vid, **kw)  # the last graph stage
-    np.testing.assert_array_equal(default.soft, default.stages["graph2"])
+    by_graph = _run(vid, final="graph", **kw)
+    np.testing.assert_array_equal(by_graph.soft, by_graph.stages["graph2"])
     by_net = _run(vid, final="net", **kw)
     np.testing.assert_array_equal(by_net.soft, by_net.stages["net1"])
-    mean = _run(vid, final="mean", **kw)
-    np.testing.assert_allclose(mean.soft, 0.5 * (mean.stages["graph2"] + mean.stages["net1"]), rtol=1e-6)
+    default = _run(vid, **kw)  # the mean of the last graph and the last net stage
+    np.testing.assert_allclose(default.soft, 0.5 * (default.stages["graph2"] + default.stages["net1"]), rtol=1e-6)
     with pytest.raises(ValueError, match="final='last'"):
         _run(vid, final="last", **kw)
 
@@ -246,3 +246,12 @@ def test_unreliable_flow_is_not_motion():
                             reliable_backward=reliable.copy()), params).stages["graph1"]
     assert _iou(masked, vid.masks) > 0.9
     assert _iou(masked, vid.masks) > _iou(noisy, vid.masks) + 0.1
+
+
+def test_net_stages_are_output_as_probabilities():
+    """A net stage is output like a graph stage: centred at its K-means cut and sharpened, so the
+    background is confidently 0 for the binarisation's colour model, not the net's starting rate."""
+    vid = make_video(frames=10, size=(48, 64), obj_size=(9, 12), obj_velocity=(2.0, 1.0), bg_velocity=(-1.0, 0.5), seed=7)
+    net = _run(vid, cycles=2, graph_stride=1, chain_length=6, feature_window=2, net_steps=60).stages["net1"]
+    assert np.quantile(net[~vid.masks], 0.9) < 0.02 and np.median(net[vid.masks]) > 0.75
+    assert _iou(net, vid.masks) > 0.7
