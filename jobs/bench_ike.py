@@ -48,8 +48,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append per-sequence JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    cfg = RunConfig(method="ike", flow=args.flow, flow_weights=args.flow_weights, work_height=args.work_height, flow_reliability=args.flow_reliability,
-                    method_params=parse_method_params(args.p))
+    cfg = RunConfig(method="ike", flow=args.flow, flow_weights=args.flow_weights, work_height=args.work_height,
+                    flow_reliability=args.flow_reliability, method_params=parse_method_params(args.p))
     segmenter = VideoSegmenter(cfg, flow_cache=args.flow_cache)
     names = args.sequences.split(",") if args.sequences else None
     rows = []

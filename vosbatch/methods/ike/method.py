@@ -54,7 +54,7 @@ class IkeConfig:
     net_motion_input: bool = True  # feed the net the motion maps as well as RGB (the paper: RGB only)
     later_motion: bool = True  # cycles >= 2 keep the motion features (paper) besides the masks
     warm_start: bool = True  # cycles >= 2 start the power iteration from the mean of the net's and the last graph's masks
-    # graph stages are output as σ(s·(logit x − logit τ)), see graph_probabilities. s = 3 against 1 on 6
+    # graph and net stages are output as σ(s·(logit x − logit τ)), see stage_probabilities. s = 3 against 1 on 6
     # DAVIS val sequences, cycle 1 through the pipeline's binarisation: J 0.730 against 0.523 (0.546 as is)
     graph_sharpness: float = 3.0
     # output: the "mean" of the last graph and the last net stage (default), the last "graph", or the last
@@ -122,24 +122,21 @@ def _soft_from_eigenvector(x: torch.Tensor, saliency: torch.Tensor, normalise: s
     return (x / scale).clamp(0, 1).numpy().astype(np.float32)
 
 
-def graph_probabilities(soft: np.ndarray, cut: float, cfg: IkeConfig) -> np.ndarray:
-    """A graph stage's scaled eigenvector -> the soft masks the method outputs (probabilities).
+def stage_probabilities(scores: np.ndarray, cut: float, cfg: IkeConfig) -> np.ndarray:
+    """A stage's scores -> the soft masks the method outputs (probabilities): centred at the video's
+    K-means cut and sharpened in logit space, so the binarisation reads them as the cut says.
 
-    The scaled eigenvector is a score, not a probability: the object often sits at 0.3-0.6, which
-    the binarisation's colour model takes for "unsure" and erases (cycle 1 on DAVIS val car-roundabout:
-    J 0.87 at the raw K-means cut, 0.64 through the colour model and the smoother). Centred at the
-    video's K-means cut and sharpened in logit space it reads as the cut says (0.86 there). Only the
-    output is mapped: the cycles keep the raw scores for their features and the net's labels.
+    * Graph stages: the scaled eigenvector is a score, not a probability: the object often sits at
+      0.3-0.6, which the binarisation's colour model takes for "unsure" and erases (cycle 1 on DAVIS
+      val car-roundabout: J 0.87 at the raw K-means cut, 0.64 through the colour model and the
+      smoother; 0.86 mapped).
+    * Net stages: the sigmoid's background sits at the labels' foreground rate the net started from
+      (car-shadow: 0.05 over most of the frame, not 0), and the colour model turns such background
+      into object wherever its colour resembles the object's (car-shadow net1: J 0.54 -> 0.85).
+
+    Only the output is mapped: the cycles keep the raw scores for their features and the net's labels.
     """
-    return centre_at_cut(soft, cfg.graph_sharpness, cut=cut)
-
-
-def net_probabilities(pred: np.ndarray, cut: float, cfg: IkeConfig) -> np.ndarray:
-    """A network stage as output: its sigmoid centred at the video's K-means cut and sharpened like a
-    graph stage. The net's background sits at the labels' foreground rate it started from (car-shadow:
-    0.05 over most of the frame, not 0), and the binarisation's colour model turns such background into
-    object wherever its colour resembles the object's (car-shadow net1: J 0.54 through the pipeline)."""
-    return centre_at_cut(pred, cfg.graph_sharpness, cut=cut)
+    return centre_at_cut(scores, cfg.graph_sharpness, cut=cut)
 
 
 def _above_cut(soft: np.ndarray, cut: float) -> torch.Tensor:
@@ -199,7 +196,7 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
             start = 0.5 * (torch.from_numpy(soft) + torch.from_numpy(pred))[:, None]
         soft, res = graph_cycle(warper, parts, saliency, cfg, cfg.seed + cycle, start)
         cut = kmeans_threshold(soft, seed=cfg.seed)  # the graph's own object/background split
-        stages[f"graph{cycle}"] = graph_probabilities(soft, cut, cfg)
+        stages[f"graph{cycle}"] = stage_probabilities(soft, cut, cfg)
         info[f"power_iterations_graph{cycle}"] = float(res.iterations)
         info[f"seconds_graph{cycle}"] = time.perf_counter() - t0
         if cycle == cfg.cycles:
@@ -207,7 +204,7 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
         t0 = time.perf_counter()
         pred, ninfo = train_and_predict(net_inputs, torch.from_numpy(soft)[:, None], cut, net_cfg, seed=cfg.seed + cycle)
         pred_cut = kmeans_threshold(pred, seed=cfg.seed)
-        stages[f"net{cycle}"] = net_probabilities(pred, pred_cut, cfg)
+        stages[f"net{cycle}"] = stage_probabilities(pred, pred_cut, cfg)
         info.update({f"net{cycle}_{k}": v for k, v in ninfo.items()})
         info[f"seconds_net{cycle}"] = time.perf_counter() - t0
         # later cycles: the graph sees its own previous output and the network's masks along chains
