@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..flow.base import resize_flow
 from ..flow.reliability import photometric_reliability
 from ..ops.grid import area_to_grid
-from ..ops.motion import motion_saliency, per_frame_motion, residual_flow
+from ..ops.motion import frame_motion, motion_saliency
 from ..ops.spectral import affinity, bipartition_soft, second_eigenvector
 from ..ops.warp import backward_warp
 from .base import MethodInput, MethodOutput, register_method
@@ -93,12 +93,8 @@ def initial_masks(inp: MethodInput, cfg: GlobalOptConfig) -> Tuple[np.ndarray, d
     """Per-frame soft masks (T,h,w) on the spectral grid, Sec. 3.1."""
     t_len, H, W = inp.frames.shape[:3]
     h, w = feature_grid((H, W), cfg)
-    fwd_res = residual_flow(inp.flow.forward, seed=cfg.seed)
-    bwd_res = residual_flow(inp.flow.backward, seed=cfg.seed)
-    if inp.reliable_forward is not None and cfg.reliability_in in ("both", "affinity"):  # unreliable flow is missing, not zero
-        fwd_res = np.where(inp.reliable_forward[..., None], fwd_res, np.nan)
-        bwd_res = np.where(inp.reliable_backward[..., None], bwd_res, np.nan)
-    nxt, prv = per_frame_motion(fwd_res, bwd_res)
+    masks = (inp.reliable_forward, inp.reliable_backward) if cfg.reliability_in in ("both", "affinity") else (None, None)
+    nxt, prv = frame_motion(inp.flow.forward, inp.flow.backward, *masks, seed=cfg.seed)
     saliency = _to_grid(motion_saliency(nxt, prv), (h, w))[..., 0]
     saliency = np.nan_to_num(saliency)
     phi_n, rel_n = _motion_features(_to_grid(nxt, (h, w)), cfg.motion_scale)

@@ -6,6 +6,8 @@ approximation for distant scenes), and the *residual* flow is what moves on its 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import cv2
 import numpy as np
 
@@ -67,6 +69,19 @@ def per_frame_motion(forward_residual: np.ndarray, backward_residual: np.ndarray
     nxt[:-1] = forward_residual
     prv[1:] = backward_residual
     return nxt, prv
+
+
+def frame_motion(forward: np.ndarray, backward: np.ndarray, reliable_forward: Optional[np.ndarray] = None,
+                 reliable_backward: Optional[np.ndarray] = None, residual: bool = True, seed: int = 0):
+    """Object motion attached to frames, as :func:`per_frame_motion`: the flow minus the camera's
+    (``residual``), NaN where it is missing: no next/previous frame, or flow that the run's
+    flow-quality masks mark unreliable (a wrong vector is unknown motion, not zero motion)."""
+    if residual:
+        forward, backward = residual_flow(forward, seed=seed), residual_flow(backward, seed=seed)
+    if reliable_forward is not None:
+        forward = np.where(reliable_forward[..., None], forward, np.nan)
+        backward = np.where(reliable_backward[..., None], backward, np.nan)
+    return per_frame_motion(forward, backward)
 
 
 def motion_saliency(nxt: np.ndarray, prv: np.ndarray) -> np.ndarray:

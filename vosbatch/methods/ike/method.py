@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ...ops.motion import motion_saliency, per_frame_motion, residual_flow
+from ...ops.motion import frame_motion, motion_saliency
 from ...postprocess.binarize import centre_at_cut, kmeans_threshold
 from ..base import MethodInput, MethodOutput, register_method
 from ...ops.segnet import NetConfig, frame_inputs, train_and_predict
@@ -69,13 +69,8 @@ class IkeConfig:
 
 def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
     """Per-frame motion at working resolution (T,H,W,5): next/previous motion (x,y) and saliency."""
-    fwd, bwd = inp.flow.forward, inp.flow.backward
-    if cfg.motion == "residual":
-        fwd, bwd = residual_flow(fwd, seed=cfg.seed), residual_flow(bwd, seed=cfg.seed)
-    if inp.reliable_forward is not None:  # the run's flow-quality masks: unreliable flow is missing, not motion
-        fwd = np.where(inp.reliable_forward[..., None], fwd, np.nan)
-        bwd = np.where(inp.reliable_backward[..., None], bwd, np.nan)
-    nxt, prv = per_frame_motion(fwd, bwd)
+    nxt, prv = frame_motion(inp.flow.forward, inp.flow.backward, inp.reliable_forward, inp.reliable_backward,
+                            residual=cfg.motion == "residual", seed=cfg.seed)
     sal = np.nan_to_num(motion_saliency(nxt, prv))  # 0 where neither direction is known
     nxt = np.where(np.isnan(nxt), -np.nan_to_num(prv), nxt)  # first/last frame, unreliable: the other direction
     prv = np.where(np.isnan(prv), -np.nan_to_num(nxt), prv)
