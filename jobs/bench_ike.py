@@ -22,7 +22,7 @@ import resource
 import numpy as np
 import torch
 
-from vosbatch.config import RunConfig, parse_method_params
+from vosbatch.config import FLOW_RELIABILITY, RunConfig, parse_method_params
 from vosbatch.data.davis import davis_sequences
 from vosbatch.io.priors import load_prior_masks
 from vosbatch.metrics.davis import evaluate_sequence
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--flow-weights", default=None)
     ap.add_argument("--flow-cache", default=None)
     ap.add_argument("--work-height", type=int, default=240)
-    ap.add_argument("--flow-reliability", default="none", help="none | photometric | photometric+fb (as submit)")
+    ap.add_argument("--flow-reliability", default="none", choices=FLOW_RELIABILITY, help="as submit's --flow-reliability")
     ap.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="IkeConfig parameter")
     ap.add_argument("--both", action="store_true", help="also score every stage with the pipeline's binarisation (colour model + the default refinement)")
     ap.add_argument("--refine-from", default=None, metavar="RUN_OR_DIR",

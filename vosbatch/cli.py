@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import click
 
-from .config import REFINEMENTS, parse_method_params
+from .config import FLOW_RELIABILITY, REFINEMENTS, parse_method_params
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Idle OpenMP threads must sleep, not spin: with several torch processes (Ray actors) on few cores,
@@ -79,7 +79,7 @@ def _dataset_choices() -> List[str]:
 @click.option("--flow-iters", default=12, show_default=True, help="Refinement iterations of RAFT.")
 @click.option("--flow-cache", type=click.Path(file_okay=False), help="Cache flows per sequence here (opt-in).")
 @click.option("--flow-reliability", default="none", show_default=True,
-              type=click.Choice(["none", "photometric", "photometric+fb"]), help="Exclude unreliable flow.")
+              type=click.Choice(list(FLOW_RELIABILITY)), help="Exclude unreliable flow.")
 @click.option("--features", default="colour", show_default=True,
               help="Appearance features: colour (offline default), dino-vits16, dino-vits8, dino-vitb16, dino-vitb8, dinov2-vits14.")
 @click.option("--weights", "feature_weights", type=click.Path(dir_okay=False),

@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterable, Optional
 
 
 REFINEMENTS = ("fgs", "guided", "crf", "none")  # RunConfig.refine; implemented in postprocess.binarize
+FLOW_RELIABILITY = ("none", "photometric", "photometric+fb")  # RunConfig.flow_reliability; see flow.reliability
 _LATER_FIELDS = {"appearance_net": False}  # fields added after runs were stored, at their defaults
 
 
