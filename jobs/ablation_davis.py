@@ -61,7 +61,9 @@ def soft_masks(segmenter: VideoSegmenter, frames: np.ndarray) -> Dict[str, objec
 
 def config_tag(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps([cfg.method, cfg.flow, cfg.flow_weights, cfg.flow_iters, cfg.features, cfg.feature_weights,
-                                      cfg.work_height, cfg.method_params, cfg.seed], sort_keys=True, default=str).encode()).hexdigest()[:12]
+                                      cfg.work_height, cfg.method_params, cfg.seed]
+                                     + ([cfg.flow_height] if cfg.flow_height else []),  # absent: the tags of earlier runs
+                                     sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 APPEARANCE = ("colour", "net")  # --appearance choices: the colour model alone, or the appearance net before it
@@ -192,6 +194,7 @@ def main() -> int:
     ap.add_argument("--appearance", default="colour",
                     help="appearance models, comma-separated: colour (the colour model alone), net (the appearance net, "
                          "then the colour model; ~0.4 s/frame more per stage on 2 CPU cores)")
+    ap.add_argument("--flow-height", type=int, default=None, help="estimate flow at this height (default: the working height)")
     ap.add_argument("--flow-cache", default=None, help="flow cache folder (default OUTPUT/flowcache)")
     ap.add_argument("--crf-max-height", type=int, default=CRFParams().max_height,
                     help="run the dense CRF at most at this height (marginals upsampled; 0: full size)")
@@ -230,7 +233,7 @@ def main() -> int:
                 notes.append(f"{features} rows skipped: no pretrained ViT weights exist here (random weights are "
                              f"meaningless as appearance); pass --feature-weights {features}=PTH to add them")
                 continue
-            configs.append(RunConfig(flow=flow, flow_weights=flow_weights, features=features,
+            configs.append(RunConfig(flow=flow, flow_weights=flow_weights, flow_height=args.flow_height, features=features,
                                      feature_weights=feature_weights.get(features), method_params=parse_method_params(args.param)))
     if not any(f in VIT_MODELS for f in args.features.split(",")):
         notes.append("feature backend: colour only (offline): no pretrained ViT (DINO) weights exist here, "

@@ -22,7 +22,7 @@ import resource
 import numpy as np
 import torch
 
-from vosbatch.config import FLOW_RELIABILITY, RunConfig, parse_method_params
+from vosbatch.config import FLOW_RELIABILITY, REFINEMENTS, RunConfig, parse_method_params
 from vosbatch.data.davis import davis_sequences
 from vosbatch.io.priors import load_prior_masks
 from vosbatch.metrics.davis import evaluate_sequence
@@ -40,16 +40,19 @@ def main() -> None:
     ap.add_argument("--flow-weights", default=None)
     ap.add_argument("--flow-cache", default=None)
     ap.add_argument("--work-height", type=int, default=240)
+    ap.add_argument("--flow-height", type=int, default=None, help="compute flow at this height (default: the working height)")
     ap.add_argument("--flow-reliability", default="none", choices=FLOW_RELIABILITY, help="as submit's --flow-reliability")
     ap.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="IkeConfig parameter")
     ap.add_argument("--both", action="store_true", help="also score every stage with the pipeline's binarisation (colour model + the default refinement)")
     ap.add_argument("--refine-from", default=None, metavar="RUN_OR_DIR",
                     help="another method's masks as node features (a vosbatch run or a DAVIS-layout PNG folder)")
+    ap.add_argument("--refine", default="fgs", choices=REFINEMENTS, help="the pipeline's refinement for --both (as submit's --refine)")
+    ap.add_argument("--save-soft", default=None, metavar="DIR", help="keep every stage's soft masks as DIR/SEQUENCE.npz (re-binarise later)")
     ap.add_argument("--out", default=None, help="append per-sequence JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    cfg = RunConfig(method="ike", flow=args.flow, flow_weights=args.flow_weights, work_height=args.work_height,
-                    flow_reliability=args.flow_reliability, method_params=parse_method_params(args.p))
+    cfg = RunConfig(method="ike", flow=args.flow, flow_weights=args.flow_weights, work_height=args.work_height, flow_height=args.flow_height,
+                    flow_reliability=args.flow_reliability, refine=args.refine, method_params=parse_method_params(args.p))
     segmenter = VideoSegmenter(cfg, flow_cache=args.flow_cache)
     names = args.sequences.split(",") if args.sequences else None
     rows = []
@@ -59,6 +62,9 @@ def main() -> None:
         gt = seq.load_gt((H, W))
         prior = load_prior_masks(args.refine_from, seq.dataset, seq.name, seq.frame_names) if args.refine_from else None
         out, seconds = segmenter.method_output(frames, prior)
+        if args.save_soft:
+            os.makedirs(args.save_soft, exist_ok=True)
+            np.savez_compressed(os.path.join(args.save_soft, f"{seq.name}.npz"), final=out.soft, **out.stages)
         method_seconds = {k: v for k, v in seconds.items() if k not in _INPUT_STEPS}
         row = {"sequence": seq.name, "frames": t_len, "seconds_per_frame_method": sum(method_seconds.values()) / t_len}
         for colour in ([False, True] if args.both else [False]):

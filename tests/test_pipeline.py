@@ -72,5 +72,35 @@ def test_appearance_net_in_the_pipeline_and_the_config_hash():
     import hashlib
     import json
 
-    old = {k: v for k, v in plain.to_dict().items() if k != "appearance_net"}
+    old = {k: v for k, v in plain.to_dict().items() if k not in ("appearance_net", "flow_height")}
     assert plain.digest() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_flow_computed_at_flow_height_reaches_the_method_on_the_working_grid(tmp_path):
+    """``flow_height``: flow is estimated on larger frames, then resized (vectors rescaled) to the grid
+    the method works on; the cache keeps it at the resolution it was computed at."""
+    from vosbatch.methods.base import MethodOutput, register_method
+
+    seen = {}
+
+    @register_method("test-record-flow", dict)
+    def _record(inp, cfg):
+        seen["frames"], seen["flow"] = inp.frames.shape, inp.flow
+        return MethodOutput(np.zeros(inp.frames.shape[:3], np.float32))
+
+    vid = make_video(frames=5, size=(128, 192), obj_size=(30, 40), obj_velocity=(4.0, 2.0), bg_velocity=(-2.0, 1.0), seed=3)
+    cache = tmp_path / "cache"
+    seg = VideoSegmenter(RunConfig(method="test-record-flow", flow="dis", work_height=64, flow_height=128), flow_cache=str(cache))
+    seg.method_output(vid.frames)
+    flow = seen["flow"]
+    assert seen["frames"] == (5, 64, 96, 3) and flow.forward.shape == (4, 64, 96, 2) == flow.backward.shape
+    inside = vid.masks[:-1, ::2, ::2]
+    inner = inside & np.roll(inside, 4, 1) & np.roll(inside, -4, 1) & np.roll(inside, 4, 2) & np.roll(inside, -4, 2)
+    # the object moves (4, 2) px per frame at full size: (2, 1) on the half-size working grid
+    np.testing.assert_allclose(np.median(flow.forward[inner], 0), [2.0, 1.0], atol=0.25)
+    np.testing.assert_allclose(np.median(flow.forward[~inside], 0), [-1.0, 0.5], atol=0.25)
+    after = vid.masks[1:, ::2, ::2]
+    after = after & np.roll(after, 4, 1) & np.roll(after, -4, 1) & np.roll(after, 4, 2) & np.roll(after, -4, 2)
+    np.testing.assert_allclose(np.median(flow.backward[after], 0), [-2.0, -1.0], atol=0.25)
+    assert [("128x192" in p.name) for p in cache.iterdir()] == [True]
+    assert RunConfig().digest() == RunConfig(flow_height=None).digest() != RunConfig(flow_height=480).digest()

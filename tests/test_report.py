@@ -179,6 +179,20 @@ def test_segment_frame_folder_with_gt(runs, tmp_path):
         assert c.streams.video[0].codec_context.name == "h264" and sum(1 for _ in c.decode(video=0)) == 8
 
 
+def test_segment_with_ike_and_finer_flow(runs, tmp_path):
+    """``segment --method ike --flow-height``: the other method, with flow estimated above the working height."""
+    folder = runs["root"] / "JPEGImages/480p/walker"
+    res = cli("segment", folder, "-o", tmp_path / "out", "--method", "ike", "-p", "cycles=1", "--work-height", "48",
+              "--flow-height", "96")
+    assert res.exit_code == 0, res.output
+    gt = runs["vids"]["walker"].masks
+    masks = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) > 0 for p in sorted((tmp_path / "out/masks").glob("*.png"))]
+    assert len(masks) == 8 and masks[0].shape == (96, 128)
+    assert np.mean([(m & g).sum() / (m | g).sum() for m, g in zip(masks, gt)]) > 0.6
+    res = cli("segment", folder, "-o", tmp_path / "o2", "--method", "no-such-method")
+    assert res.exit_code == 2 and "no-such-method" in res.output
+
+
 def test_segment_video_file_respects_max_frames(runs, tmp_path):
     vid = runs["vids"]["runner"]
     clip = tmp_path / "clip.mp4"

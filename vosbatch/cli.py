@@ -46,10 +46,15 @@ _refine_option = click.option(
     help="Refinement before binarising: fgs (edge-aware fast global smoother, default), guided (guided filter), "
          "crf (the smoother then a dense CRF; needs the crf extra) or none.")
 
+_flow_height_option = click.option(
+    "--flow-height", type=click.IntRange(min=16), default=None,
+    help="Estimate flow at this height (e.g. 480: DAVIS's own; never above the input's) and resize it to the working grid "
+         "(default: at --work-height). Finer flow finds small and thin objects (see README).")
+
 # Options of `submit` that set RunConfig fields (option name -> field); on --resume, only those given
 # explicitly override the run's stored configuration.
 _CONFIG_OPTIONS = {
-    "method": "method", "flow": "flow", "flow_weights": "flow_weights", "flow_iters": "flow_iters",
+    "method": "method", "flow": "flow", "flow_weights": "flow_weights", "flow_iters": "flow_iters", "flow_height": "flow_height",
     "flow_reliability": "flow_reliability", "features": "features", "feature_weights": "feature_weights",
     "appearance_weight": "appearance_weight", "appearance_net": "appearance_net", "refine": "refine", "work_height": "work_height",
     "params": "method_params", "window_frames": "window_frames", "window_overlap": "window_overlap",
@@ -77,6 +82,7 @@ def _dataset_choices() -> List[str]:
 @click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fast, raft-small, raft.")
 @click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
 @click.option("--flow-iters", default=12, show_default=True, help="Refinement iterations of RAFT.")
+@_flow_height_option
 @click.option("--flow-cache", type=click.Path(file_okay=False), help="Cache flows per sequence here (opt-in).")
 @click.option("--flow-reliability", default="none", show_default=True,
               type=click.Choice(list(FLOW_RELIABILITY)), help="Exclude unreliable flow.")
@@ -110,7 +116,7 @@ def _dataset_choices() -> List[str]:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--fail-on-error", is_flag=True, help="Exit with status 1 when any sequence failed.")
 @click.pass_context
-def submit(ctx, dataset, data_root, split, sequences, inputs, method, flow, flow_weights, flow_iters, flow_cache,
+def submit(ctx, dataset, data_root, split, sequences, inputs, method, flow, flow_weights, flow_iters, flow_height, flow_cache,
            flow_reliability, features, feature_weights, appearance_weight, appearance_net, refine, work_height, params, refine_from,
            window_frames, window_overlap, workers, cpus_per_worker, gpus, address, runtime_env, retries, output,
            s3_endpoint_url, run_id, resume_id, progress, fail_on_error) -> None:
@@ -261,27 +267,29 @@ def report(run, out, compare, data_root, sequences, curves, video_format, fps, w
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels.")
 @click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fast, raft-small, raft.")
 @click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
+@_flow_height_option
+@click.option("--method", default="globalopt", show_default=True, help="globalopt or ike.")
 @_refine_option
 @click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
 @click.option("--gt", "gt_folder", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of ground-truth PNGs named like the frames (00000.png... for a video): adds J&F.")
 @click.option("--fps", type=float, help="Overlay frame rate (default: the video's; 10 for a frame folder).")
 @click.option("--video-format", default="mp4", show_default=True, type=click.Choice(["mp4", "webm", "webp"]))
-def segment(input_path, out, max_frames, max_height, work_height, flow, flow_weights, refine, params, gt_folder, fps,
-            video_format) -> None:
+def segment(input_path, out, max_frames, max_height, work_height, flow, flow_weights, flow_height, method, refine, params,
+            gt_folder, fps, video_format) -> None:
     """Segment one video file or folder of frames here (no cluster): PNG masks, overlay video, summary."""
     from .config import RunConfig
     from .errors import VosbatchError
     from .report import format_summary, segment_input
 
-    cfg = RunConfig(flow=flow, flow_weights=flow_weights, work_height=work_height, refine=refine,
-                    method_params=_parse_params(params))
+    cfg = RunConfig(method=method, flow=flow, flow_weights=flow_weights, flow_height=flow_height, work_height=work_height,
+                    refine=refine, method_params=_parse_params(params))
     try:
         from .methods import get_method
 
         get_method(cfg.method)[1](**cfg.method_params)
     except (TypeError, ValueError) as e:
-        raise click.UsageError(f"--param: {e}")
+        raise click.UsageError(f"--method {method} / --param: {e}")
     try:
         summary = segment_input(input_path, out, cfg, max_frames=max_frames or None, max_height=max_height or None,
                                 gt_folder=gt_folder, video_format=video_format, fps=fps)

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, Optional
 
 REFINEMENTS = ("fgs", "guided", "crf", "none")  # RunConfig.refine; implemented in postprocess.binarize
 FLOW_RELIABILITY = ("none", "photometric", "photometric+fb")  # RunConfig.flow_reliability; see flow.reliability
-_LATER_FIELDS = {"appearance_net": False}  # fields added after runs were stored, at their defaults
+_LATER_FIELDS = {"appearance_net": False, "flow_height": None}  # fields added after runs were stored, at their defaults
 
 
 @dataclass
@@ -21,6 +21,9 @@ class RunConfig:
     feature_weights: Optional[str] = None  # local checkpoint for a ViT feature backend (DINO .pth layouts)
     work_height: int = 240  # frames are processed at this height (aspect kept); masks return at full size
     flow_weights: Optional[str] = None
+    # flow is computed at this height (aspect kept, never upsampling) and resized to the working grid;
+    # None: at the working height. Learned flow sees 1/8 of its input's pixels, so small objects need more
+    flow_height: Optional[int] = None
     flow_iters: int = 12  # refinement iterations of learned (RAFT) flow
     flow_reliability: str = "none"  # "none" | "photometric" | "photometric+fb"
     method_params: Dict[str, Any] = field(default_factory=dict)

@@ -16,6 +16,7 @@ import numpy as np
 from .config import RunConfig
 from .features import create_features
 from .flow import create_flow
+from .flow.base import BidirectionalFlow
 from .flow.cache import cached_flow
 from .flow.reliability import flow_reliability
 from .methods import MethodInput, MethodOutput, get_method
@@ -89,7 +90,7 @@ class VideoSegmenter:
         with timer("resize"):
             small = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]) if (h, w) != (H, W) else frames
         with timer("flow"):
-            flow = cached_flow(self.flow, small, self.flow_cache)
+            flow = self._flow(frames, small)
         rel_f = rel_b = None
         if self.cfg.flow_reliability != "none":  # unreliable flow is excluded, never replaced by zero
             with timer("flow_reliability"):
@@ -108,6 +109,15 @@ class VideoSegmenter:
             timer.seconds.pop("method")
             timer.seconds.update(method_stages)
         return out, dict(timer.seconds)
+
+    def _flow(self, frames: np.ndarray, small: np.ndarray) -> BidirectionalFlow:
+        """Flow on the working grid; with ``flow_height`` computed at that resolution and resized."""
+        h, w = small.shape[1:3]
+        fh, fw = working_size(*frames.shape[1:3], self.cfg.flow_height or h)
+        if (fh, fw) == (h, w):
+            return cached_flow(self.flow, small, self.flow_cache)
+        at_flow = np.stack([cv2.resize(f, (fw, fh), interpolation=cv2.INTER_AREA) for f in frames]) if (fh, fw) != frames.shape[1:3] else frames
+        return cached_flow(self.flow, at_flow, self.flow_cache).resized(h, w)
 
     def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
         """Soft masks on the method's grid -> binary masks at the frames' resolution (this config's
