@@ -11,6 +11,9 @@ model, no edge-aware filter) and, with ``--both``, also with the pipeline's defa
 
 ``--refine-from RUN_OR_DIR`` runs the refinement mode on another method's masks, as ``submit
 --refine-from`` does, e.g. globalopt's from ``jobs/ablation_davis.py --save-masks``.
+``--save-soft DIR`` keeps every stage's soft masks; ``--from-soft DIR`` scores them again without
+running the method, e.g. with ``--refine crf``. ``--flow-height 480`` estimates flow at DAVIS's own
+height (see the README's IKE section).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch
 from vosbatch.config import FLOW_RELIABILITY, REFINEMENTS, RunConfig, parse_method_params
 from vosbatch.data.davis import davis_sequences
 from vosbatch.io.priors import load_prior_masks
+from vosbatch.methods import MethodOutput
 from vosbatch.metrics.davis import evaluate_sequence
 from vosbatch.pipeline import VideoSegmenter
 from vosbatch.postprocess.binarize import binarize
@@ -48,6 +52,8 @@ def main() -> None:
                     help="another method's masks as node features (a vosbatch run or a DAVIS-layout PNG folder)")
     ap.add_argument("--refine", default="fgs", choices=REFINEMENTS, help="the pipeline's refinement for --both (as submit's --refine)")
     ap.add_argument("--save-soft", default=None, metavar="DIR", help="keep every stage's soft masks as DIR/SEQUENCE.npz (re-binarise later)")
+    ap.add_argument("--from-soft", default=None, metavar="DIR",
+                    help="score the soft masks a --save-soft run kept in DIR instead of running the method (another --refine)")
     ap.add_argument("--out", default=None, help="append per-sequence JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -61,12 +67,19 @@ def main() -> None:
         t_len, H, W = frames.shape[:3]
         gt = seq.load_gt((H, W))
         prior = load_prior_masks(args.refine_from, seq.dataset, seq.name, seq.frame_names) if args.refine_from else None
-        out, seconds = segmenter.method_output(frames, prior)
+        if args.from_soft:
+            with np.load(os.path.join(args.from_soft, f"{seq.name}.npz")) as z:
+                stages = {k: z[k] for k in z.files}
+            out, seconds = MethodOutput(stages.pop("final"), stages), {}
+        else:
+            out, seconds = segmenter.method_output(frames, prior)
         if args.save_soft:
             os.makedirs(args.save_soft, exist_ok=True)
             np.savez_compressed(os.path.join(args.save_soft, f"{seq.name}.npz"), final=out.soft, **out.stages)
         method_seconds = {k: v for k, v in seconds.items() if k not in _INPUT_STEPS}
-        row = {"sequence": seq.name, "frames": t_len, "seconds_per_frame_method": sum(method_seconds.values()) / t_len}
+        row = {"sequence": seq.name, "frames": t_len}
+        if method_seconds:
+            row["seconds_per_frame_method"] = sum(method_seconds.values()) / t_len
         for colour in ([False, True] if args.both else [False]):
             for name, soft in list(out.stages.items()) + [("final", out.soft)]:
                 # colour: the pipeline's own binarisation (colour model + refinement); raw: the K-means cut alone

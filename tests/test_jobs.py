@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -258,3 +259,25 @@ def test_bench_ike_refines_from_a_png_folder(tmp_path):
     assert bench()["final_J"] < refined["final_J"] - 0.2
     missing = run_job("bench_ike.py", "--data-root", root, "--work-height", 48, "--refine-from", tmp_path / "nowhere")
     assert missing.returncode != 0 and "no prior masks for sequence 'still'" in missing.stderr
+
+
+def test_bench_ike_rescores_saved_soft_masks(tmp_path):
+    """``--save-soft`` keeps every stage; ``--from-soft`` scores them again without the method (another --refine)."""
+    vid = make_video(frames=6, size=(48, 64), obj_size=(11, 15), obj_velocity=(2.0, 1.0), bg_velocity=(0.0, 0.0), seed=4)
+    root = write_davis_fixture(tmp_path / "DAVIS", {"mover": vid})
+    common = ["--data-root", root, "--work-height", 48, "--both", "-p", "cycles=2", "-p", "net_steps=5",
+              "-p", "chain_length=4", "-p", "feature_window=1"]
+
+    def bench(tag, *extra):
+        res = run_job("bench_ike.py", *common, "--out", tmp_path / f"{tag}.jsonl", *extra)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return json.loads((tmp_path / f"{tag}.jsonl").read_text().splitlines()[0])
+
+    ran = bench("ran", "--save-soft", tmp_path / "soft")
+    assert sorted(np.load(tmp_path / "soft" / "mover.npz").files) == ["final", "graph1", "graph2", "net1"]
+    again = bench("again", "--from-soft", tmp_path / "soft")
+    scores = [k for k in ran if k.endswith("_J") or k.endswith("_F")]
+    assert len(scores) == 16 and ran["final_J"] > 0.5
+    assert {k: again[k] for k in scores} == {k: ran[k] for k in scores} and "seconds_per_frame_method" not in again
+    plain = bench("plain", "--from-soft", tmp_path / "soft", "--refine", "none")
+    assert plain["graph1_J"] == ran["graph1_J"] and plain["colour_final_J"] != ran["colour_final_J"]
