@@ -194,7 +194,7 @@ def main() -> int:
     ap.add_argument("--appearance", default="colour",
                     help="appearance models, comma-separated: colour (the colour model alone), net (the appearance net, "
                          "then the colour model; ~0.4 s/frame more per stage on 2 CPU cores)")
-    ap.add_argument("--flow-height", type=int, default=None, help="estimate flow at this height (default: the working height)")
+    ap.add_argument("--flow-height", type=int, default=RunConfig().flow_height, help="estimate flow at this height (0: the working height)")
     ap.add_argument("--flow-cache", default=None, help="flow cache folder (default OUTPUT/flowcache)")
     ap.add_argument("--crf-max-height", type=int, default=CRFParams().max_height,
                     help="run the dense CRF at most at this height (marginals upsampled; 0: full size)")

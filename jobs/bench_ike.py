@@ -12,8 +12,8 @@ model, no edge-aware filter) and, with ``--both``, also with the pipeline's defa
 ``--refine-from RUN_OR_DIR`` runs the refinement mode on another method's masks, as ``submit
 --refine-from`` does, e.g. globalopt's from ``jobs/ablation_davis.py --save-masks``.
 ``--save-soft DIR`` keeps every stage's soft masks; ``--from-soft DIR`` scores them again without
-running the method, e.g. with ``--refine crf``. ``--flow-height 480`` estimates flow at DAVIS's own
-height (see the README's IKE section).
+running the method, e.g. with ``--refine crf``. Flow is estimated at ``--flow-height`` (default 480,
+DAVIS's own height; 0: at the working height, as before; see the README's IKE section).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--flow-weights", default=None)
     ap.add_argument("--flow-cache", default=None)
     ap.add_argument("--work-height", type=int, default=240)
-    ap.add_argument("--flow-height", type=int, default=None, help="compute flow at this height (default: the working height)")
+    ap.add_argument("--flow-height", type=int, default=RunConfig().flow_height, help="estimate flow at this height (0: the working height)")
     ap.add_argument("--flow-reliability", default="none", choices=FLOW_RELIABILITY, help="as submit's --flow-reliability")
     ap.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="IkeConfig parameter")
     ap.add_argument("--both", action="store_true", help="also score every stage with the pipeline's binarisation (colour model + the default refinement)")

@@ -68,12 +68,14 @@ def test_appearance_net_in_the_pipeline_and_the_config_hash():
     assert res.masks.shape == vid.masks.shape and _j(res, vid) > 0.7
     plain, with_net = RunConfig(method_params=params), RunConfig(appearance_net=True, method_params=params)
     assert plain.digest() != with_net.digest()
-    # runs stored before the option existed keep their hash (resume skips their finished sequences)
+    # runs stored before the option (and flow_height) existed keep their hash (resume skips their finished sequences)
     import hashlib
     import json
 
-    old = {k: v for k, v in plain.to_dict().items() if k not in ("appearance_net", "flow_height")}
-    assert plain.digest() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    legacy = RunConfig(flow_height=0, method_params=params)
+    old = {k: v for k, v in legacy.to_dict().items() if k not in ("appearance_net", "flow_height")}
+    assert legacy.digest() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert RunConfig.from_stored(old) == legacy and RunConfig.from_stored(old).digest() != plain.digest()
 
 
 def test_flow_computed_at_flow_height_reaches_the_method_on_the_working_grid(tmp_path):
@@ -103,4 +105,4 @@ def test_flow_computed_at_flow_height_reaches_the_method_on_the_working_grid(tmp
     after = after & np.roll(after, 4, 1) & np.roll(after, -4, 1) & np.roll(after, 4, 2) & np.roll(after, -4, 2)
     np.testing.assert_allclose(np.median(flow.backward[after], 0), [-2.0, -1.0], atol=0.25)
     assert [("128x192" in p.name) for p in cache.iterdir()] == [True]
-    assert RunConfig().digest() == RunConfig(flow_height=None).digest() != RunConfig(flow_height=480).digest()
+    assert RunConfig(flow_height=0).digest() != RunConfig().digest() == RunConfig(flow_height=480).digest()

@@ -111,7 +111,10 @@ class VideoSegmenter:
         return out, dict(timer.seconds)
 
     def _flow(self, frames: np.ndarray, small: np.ndarray) -> BidirectionalFlow:
-        """Flow on the working grid; with ``flow_height`` computed at that resolution and resized."""
+        """Flow on the working grid, estimated at ``flow_height`` (0: the working height) and resized.
+
+        Learned flow (RAFT) works at 1/8 of its input and DIS on 8-pixel patches: at the working height
+        of 240 a small or thin object is a few flow cells wide, and its motion blurs into the background's."""
         h, w = small.shape[1:3]
         fh, fw = working_size(*frames.shape[1:3], self.cfg.flow_height or h)
         if (fh, fw) == (h, w):

@@ -75,7 +75,7 @@ def open_run(spec: JobSpec, cfg: RunConfig, resume: bool, explicit: set) -> tupl
         if not store.exists("run.json"):
             raise InputError(f"{run_uri}: no run.json, so there is no run {spec.run_id!r} to resume")
         previous = store.read_run_info()
-        base = dict(previous.get("config", {}))
+        base = RunConfig.from_stored(previous.get("config", {})).to_dict()
         base.update({k: v for k, v in cfg.to_dict().items() if k in explicit})
         cfg = RunConfig(**base)
         for name in JobSpec.INPUT_FIELDS:
