@@ -25,8 +25,8 @@ class RunConfig:
     work_height: int = 240  # frames are processed at this height (aspect kept); masks return at full size
     flow_weights: Optional[str] = None
     # flow is estimated at this height (aspect kept, never above the input's) and resized to the working grid;
-    # 0: at the working height. DAVIS val, DIS at 480 against 240 (README): IKE cycle 1 J 0.590 -> 0.629,
-    # globalopt 0.611 -> 0.633; DIS costs 0.15 s/frame there (0.04 at 240), RAFT-small on a CPU 6.4 (1.3)
+    # 0: at the working height. DAVIS val, DIS at 480 against 240 (README): IKE cycle 1 J 0.590 -> 0.629 (through
+    # the binarisation), globalopt 0.611 -> 0.630 (fgs); DIS costs ~0.15 s/frame there (0.04 at 240), RAFT-small on a CPU 6.4 (1.3)
     flow_height: int = 480
     flow_iters: int = 12  # refinement iterations of learned (RAFT) flow
     flow_reliability: str = "none"  # "none" | "photometric" | "photometric+fb"
