@@ -50,7 +50,7 @@ class RunConfig:
 
     def digest(self) -> str:
         """Stable hash of what determines the output (not where it goes). A field added later is left
-        out while it holds its default, so runs stored before it existed keep their hash (resume)."""
+        out while it holds its :data:`LEGACY_VALUES` entry, so runs stored before it existed keep their hash (resume)."""
         d = self.to_dict()
         for name, default in LEGACY_VALUES.items():
             if d.get(name) == default:
