@@ -78,17 +78,18 @@ def test_appearance_net_in_the_pipeline_and_the_config_hash():
     assert RunConfig.from_stored(old) == legacy and RunConfig.from_stored(old).digest() != plain.digest()
 
 
-def test_flow_computed_at_flow_height_reaches_the_method_on_the_working_grid(tmp_path):
+def test_flow_computed_at_flow_height_reaches_the_method_on_the_working_grid(tmp_path, monkeypatch):
     """``flow_height``: flow is estimated on larger frames, then resized (vectors rescaled) to the grid
     the method works on; the cache keeps it at the resolution it was computed at."""
-    from vosbatch.methods.base import MethodOutput, register_method
+    from vosbatch.methods import base
 
     seen = {}
 
-    @register_method("test-record-flow", dict)
     def _record(inp, cfg):
         seen["frames"], seen["flow"] = inp.frames.shape, inp.flow
-        return MethodOutput(np.zeros(inp.frames.shape[:3], np.float32))
+        return base.MethodOutput(np.zeros(inp.frames.shape[:3], np.float32))
+
+    monkeypatch.setitem(base._REGISTRY, "test-record-flow", (_record, dict))  # registered for this test only
 
     vid = make_video(frames=5, size=(128, 192), obj_size=(30, 40), obj_velocity=(4.0, 2.0), bg_velocity=(-2.0, 1.0), seed=3)
     cache = tmp_path / "cache"

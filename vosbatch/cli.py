@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import click
 
-from .config import FLOW_RELIABILITY, REFINEMENTS, parse_method_params
+from .config import FLOW_RELIABILITY, REFINEMENTS, RunConfig, parse_method_params
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Idle OpenMP threads must sleep, not spin: with several torch processes (Ray actors) on few cores,
@@ -47,7 +47,7 @@ _refine_option = click.option(
          "crf (the smoother then a dense CRF; needs the crf extra) or none.")
 
 _flow_height_option = click.option(
-    "--flow-height", type=click.IntRange(min=0), default=480, show_default=True,
+    "--flow-height", type=click.IntRange(min=0), default=RunConfig.flow_height, show_default=True,
     help="Estimate flow at this height (never above the input's) and resize it to the working grid; 0: at --work-height. "
          "Finer flow finds small and thin objects (README); RAFT on a CPU costs ~5x more at 480 than at 240.")
 

@@ -49,6 +49,13 @@ class Timer:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(T,H,W,C) frames (or maps) area-resampled to (height, width); returned as they are when already that size."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
+
+
 def working_size(height: int, width: int, work_height: int) -> tuple[int, int]:
     """(h, w) with h = work_height (never upsampling) and the aspect ratio kept."""
     if height <= work_height:
@@ -88,7 +95,7 @@ class VideoSegmenter:
         t_len, H, W = frames.shape[:3]
         h, w = working_size(H, W, self.cfg.work_height)
         with timer("resize"):
-            small = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]) if (h, w) != (H, W) else frames
+            small = resize_frames(frames, h, w)
         with timer("flow"):
             flow = self._flow(frames, small)
         rel_f = rel_b = None
@@ -97,7 +104,7 @@ class VideoSegmenter:
                 rel = flow_reliability(small, flow, fb_consistency=self.cfg.flow_reliability == "photometric+fb")
                 rel_f, rel_b = rel.forward, rel.backward
         if prior is not None:
-            prior = np.stack([cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) for p in prior])
+            prior = resize_frames(prior.astype(np.float32), h, w)
         with timer("features"):
             grid = self._feature_grid((h, w))
             feats = self.features(small, grid) if grid else None
@@ -119,8 +126,7 @@ class VideoSegmenter:
         fh, fw = working_size(*frames.shape[1:3], self.cfg.flow_height or h)
         if (fh, fw) == (h, w):
             return cached_flow(self.flow, small, self.flow_cache)
-        at_flow = np.stack([cv2.resize(f, (fw, fh), interpolation=cv2.INTER_AREA) for f in frames]) if (fh, fw) != frames.shape[1:3] else frames
-        return cached_flow(self.flow, at_flow, self.flow_cache).resized(h, w)
+        return cached_flow(self.flow, resize_frames(frames, fh, fw), self.flow_cache).resized(h, w)
 
     def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
         """Soft masks on the method's grid -> binary masks at the frames' resolution (this config's
