@@ -12,7 +12,7 @@ model, no edge-aware filter) and, with ``--both``, also with the pipeline's defa
 ``--refine-from RUN_OR_DIR`` runs the refinement mode on another method's masks, as ``submit
 --refine-from`` does, e.g. globalopt's from ``jobs/ablation_davis.py --save-masks``.
 ``--save-soft DIR`` keeps every stage's soft masks; ``--from-soft DIR`` scores them again without
-running the method, e.g. with ``--refine crf``. Flow is estimated at ``--flow-height`` (default 480,
+running the method, e.g. with ``--refine crf`` (``--stages final`` scores only the output). Flow is estimated at ``--flow-height`` (default 480,
 DAVIS's own height; 0: at the working height, as before; see the README's IKE section).
 """
 from __future__ import annotations
@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--save-soft", default=None, metavar="DIR", help="keep every stage's soft masks as DIR/SEQUENCE.npz (re-binarise later)")
     ap.add_argument("--from-soft", default=None, metavar="DIR",
                     help="score the soft masks a --save-soft run kept in DIR instead of running the method (another --refine)")
+    ap.add_argument("--stages", default=None, help="comma-separated stages to score, e.g. graph1,final (default: all; "
+                    "a slow --refine such as crf costs once per stage)")
     ap.add_argument("--out", default=None, help="append per-sequence JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -61,6 +63,7 @@ def main() -> None:
                     flow_reliability=args.flow_reliability, refine=args.refine, method_params=parse_method_params(args.p))
     segmenter = VideoSegmenter(cfg, flow_cache=args.flow_cache)
     names = args.sequences.split(",") if args.sequences else None
+    wanted = set(args.stages.split(",")) if args.stages else None
     rows = []
     for seq in davis_sequences(args.data_root, "val", names):
         frames = seq.load_frames()
@@ -80,8 +83,12 @@ def main() -> None:
         row = {"sequence": seq.name, "frames": t_len}
         if method_seconds:
             row["seconds_per_frame_method"] = sum(method_seconds.values()) / t_len
+        available = dict(out.stages, final=out.soft)
+        if wanted is not None and wanted - set(available):
+            ap.error(f"--stages: {seq.name} has no stage {sorted(wanted - set(available))} (it has {sorted(available)})")
+        scored = [(k, v) for k, v in available.items() if wanted is None or k in wanted]
         for colour in ([False, True] if args.both else [False]):
-            for name, soft in list(out.stages.items()) + [("final", out.soft)]:
+            for name, soft in scored:
                 # colour: the pipeline's own binarisation (colour model + refinement); raw: the K-means cut alone
                 masks = segmenter.binarize(frames, soft) if colour else binarize(soft, H, W, refine="none")
                 sc = evaluate_sequence(list(masks), gt)

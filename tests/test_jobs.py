@@ -281,3 +281,8 @@ def test_bench_ike_rescores_saved_soft_masks(tmp_path):
     assert {k: again[k] for k in scores} == {k: ran[k] for k in scores} and "seconds_per_frame_method" not in again
     plain = bench("plain", "--from-soft", tmp_path / "soft", "--refine", "none")
     assert plain["graph1_J"] == ran["graph1_J"] and plain["colour_final_J"] != ran["colour_final_J"]
+    only = bench("only", "--from-soft", tmp_path / "soft", "--stages", "graph1,final")
+    assert sorted(k for k in only if k.endswith("_J")) == ["colour_final_J", "colour_graph1_J", "final_J", "graph1_J"]
+    assert only["colour_final_J"] == ran["colour_final_J"]
+    typo = run_job("bench_ike.py", *common, "--from-soft", tmp_path / "soft", "--stages", "grpah1")
+    assert typo.returncode != 0 and "no stage ['grpah1']" in typo.stderr
