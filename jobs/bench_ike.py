@@ -29,11 +29,20 @@ from vosbatch.config import FLOW_RELIABILITY, REFINEMENTS, RunConfig, parse_meth
 from vosbatch.data.davis import davis_sequences
 from vosbatch.io.priors import load_prior_masks
 from vosbatch.methods import MethodOutput
+from vosbatch.methods.ike import stage_names
 from vosbatch.metrics.davis import evaluate_sequence
 from vosbatch.pipeline import VideoSegmenter
 from vosbatch.postprocess.binarize import binarize
 
 _INPUT_STEPS = ("resize", "flow", "flow_reliability", "features")  # not the method's own time
+
+
+def _available_stages(sequence: str, from_soft: str | None, segmenter: VideoSegmenter) -> list[str]:
+    """The stages a sequence will have: those its saved soft masks hold, or those IKE's configuration makes."""
+    if from_soft:
+        with np.load(os.path.join(from_soft, f"{sequence}.npz")) as z:  # reads the file list only
+            return list(z.files)
+    return stage_names(segmenter.method_cfg) + ["final"]
 
 
 def main() -> None:
@@ -59,13 +68,21 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append per-sequence JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    cfg = RunConfig(method="ike", flow=args.flow, flow_weights=args.flow_weights, work_height=args.work_height, flow_height=args.flow_height,
+    # re-scoring saved soft masks needs no flow: keep the cheap default rather than load RAFT's weights
+    flow, flow_weights = (RunConfig().flow, None) if args.from_soft else (args.flow, args.flow_weights)
+    cfg = RunConfig(method="ike", flow=flow, flow_weights=flow_weights, work_height=args.work_height, flow_height=args.flow_height,
                     flow_reliability=args.flow_reliability, refine=args.refine, method_params=parse_method_params(args.p))
     segmenter = VideoSegmenter(cfg, flow_cache=args.flow_cache)
     names = args.sequences.split(",") if args.sequences else None
+    sequences = list(davis_sequences(args.data_root, "val", names))
     wanted = set(args.stages.split(",")) if args.stages else None
+    if wanted is not None:  # before any sequence runs: a typo must not cost a night's benchmark
+        for seq in sequences:
+            available = _available_stages(seq.name, args.from_soft, segmenter)
+            if wanted - set(available):
+                ap.error(f"--stages: {seq.name} has no stage {sorted(wanted - set(available))} (it has {available})")
     rows = []
-    for seq in davis_sequences(args.data_root, "val", names):
+    for seq in sequences:
         frames = seq.load_frames()
         t_len, H, W = frames.shape[:3]
         gt = seq.load_gt((H, W))
@@ -84,8 +101,6 @@ def main() -> None:
         if method_seconds:
             row["seconds_per_frame_method"] = sum(method_seconds.values()) / t_len
         available = dict(out.stages, final=out.soft)
-        if wanted is not None and wanted - set(available):
-            ap.error(f"--stages: {seq.name} has no stage {sorted(wanted - set(available))} (it has {sorted(available)})")
         scored = [(k, v) for k, v in available.items() if wanted is None or k in wanted]
         for colour in ([False, True] if args.both else [False]):
             for name, soft in scored:

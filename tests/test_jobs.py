@@ -286,3 +286,10 @@ def test_bench_ike_rescores_saved_soft_masks(tmp_path):
     assert only["colour_final_J"] == ran["colour_final_J"]
     typo = run_job("bench_ike.py", *common, "--from-soft", tmp_path / "soft", "--stages", "grpah1")
     assert typo.returncode != 0 and "no stage ['grpah1']" in typo.stderr
+    # without saved masks the configuration says which stages there will be: refused before the method runs
+    early = run_job("bench_ike.py", *common, "--stages", "graph3", "--save-soft", tmp_path / "early")
+    assert early.returncode != 0 and "mover has no stage ['graph3']" in early.stderr and "'net1'" in early.stderr
+    assert not (tmp_path / "early").exists()  # the method never ran
+    # re-scoring needs no flow model: RAFT weights that do not exist are never loaded
+    noflow = bench("noflow", "--from-soft", tmp_path / "soft", "--flow", "raft-small", "--flow-weights", tmp_path / "none.pth")
+    assert noflow["final_J"] == ran["final_J"]

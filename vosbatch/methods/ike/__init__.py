@@ -1,1 +1,1 @@
-from .method import IkeConfig, ike  # noqa: F401
+from .method import IkeConfig, ike, stage_names  # noqa: F401

@@ -163,6 +163,12 @@ def graph_cycle(warper: ChainWarper, parts: List[torch.Tensor], saliency: torch.
     return _soft_from_eigenvector(res.vector, saliency, cfg.normalise), res
 
 
+def stage_names(cfg: IkeConfig) -> List[str]:
+    """The stages :func:`ike` outputs besides its result, in order (graph1, net1, ..., graphN): known
+    before it runs, so that a job can reject a request for a stage that will not exist up front."""
+    return [name for cycle in range(1, cfg.cycles + 1) for name in (f"graph{cycle}", f"net{cycle}")][:-1]
+
+
 @register_method("ike", IkeConfig)
 def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
     if cfg.final not in ("graph", "net", "mean"):
