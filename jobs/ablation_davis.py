@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import resource
@@ -59,13 +58,6 @@ def soft_masks(segmenter: VideoSegmenter, frames: np.ndarray) -> Dict[str, objec
             "seconds_optimise": seconds.get("optimise", 0.0)}
 
 
-def config_tag(cfg: RunConfig) -> str:
-    return hashlib.sha256(json.dumps([cfg.method, cfg.flow, cfg.flow_weights, cfg.flow_iters, cfg.features, cfg.feature_weights,
-                                      cfg.work_height, cfg.method_params, cfg.seed]
-                                     + ([cfg.flow_height] if cfg.flow_height else []),  # absent: the tags of earlier runs
-                                     sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 APPEARANCE = ("colour", "net")  # --appearance choices: the colour model alone, or the appearance net before it
 
 
@@ -77,7 +69,7 @@ def run_configuration(cfg: RunConfig, sequences, refinements: List[str], run_dir
     :func:`masks_dir`), e.g. as ``--refine-from`` input for another method."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     segmenter = VideoSegmenter(cfg, flow_cache)
-    soft_dir = run_dir / "soft" / f"flow={cfg.flow}" / f"features={cfg.features}" / config_tag(cfg)
+    soft_dir = run_dir / "soft" / f"flow={cfg.flow}" / f"features={cfg.features}" / cfg.method_digest()
     soft_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for seq in sequences:

@@ -1,4 +1,5 @@
 """The predictor end to end, in-process: every flow backend and reliability mode finds the object."""
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,24 @@ def test_appearance_net_in_the_pipeline_and_the_config_hash():
     old = {k: v for k, v in legacy.to_dict().items() if k not in ("appearance_net", "flow_height")}
     assert legacy.digest() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert RunConfig.from_stored(old) == legacy and RunConfig.from_stored(old).digest() != plain.digest()
+
+
+def test_method_digest_keys_the_soft_masks_not_their_binarisation():
+    """The ablation caches soft masks under ``method_digest``: every field that changes the method's output
+    changes it, post-processing fields do not, and caches made before a field existed keep their key."""
+    import hashlib
+    import json
+
+    base = RunConfig(method="ike", method_params={"cycles": 1})
+    changes_output = [dict(flow="raft-small"), dict(flow_height=0), dict(flow_reliability="photometric"), dict(seed=1),
+                      dict(refine_from="runs/other"), dict(method_params={"cycles": 2}), dict(work_height=120)]
+    digests = {dataclasses.replace(base, **c).method_digest() for c in changes_output}
+    assert len(digests) == len(changes_output) and base.method_digest() not in digests
+    for post in (dict(refine="crf"), dict(appearance_net=True), dict(appearance_weight=0.0), dict(window_frames=50)):
+        assert dataclasses.replace(base, **post).method_digest() == base.method_digest()
+    # the key caches had before flow_reliability and refine_from joined it
+    first = [base.method, base.flow, None, base.flow_iters, base.features, None, base.work_height, base.method_params, 0, 480]
+    assert base.method_digest() == hashlib.sha256(json.dumps(first, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def test_flow_computed_at_flow_height_reaches_the_method_on_the_working_grid(tmp_path, monkeypatch):

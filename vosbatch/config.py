@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 
 REFINEMENTS = ("fgs", "guided", "crf", "none")  # RunConfig.refine; implemented in postprocess.binarize
@@ -57,6 +57,20 @@ class RunConfig:
                 d.pop(name)
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def method_digest(self) -> str:
+        """Stable hash of what determines the method's soft masks, not their binarisation (colour model,
+        appearance net, refinement): the key of a cache of soft masks that stays valid across those.
+        The list format is that of the first such caches; later fields join only away from the value
+        those caches were made with, so they keep their key."""
+        parts: List[Any] = [self.method, self.flow, self.flow_weights, self.flow_iters, self.features, self.feature_weights,
+                            self.work_height, self.method_params, self.seed]
+        if self.flow_height:
+            parts.append(self.flow_height)
+        later = {k: getattr(self, k) for k, before in (("flow_reliability", "none"), ("refine_from", None)) if getattr(self, k) != before}
+        if later:
+            parts.append(later)
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def parse_method_params(items: Iterable[str]) -> Dict[str, Any]:
