@@ -31,15 +31,15 @@ from vosbatch.io.priors import load_prior_masks
 from vosbatch.methods import MethodOutput
 from vosbatch.methods.ike import stage_names
 from vosbatch.metrics.davis import evaluate_sequence
-from vosbatch.pipeline import VideoSegmenter
+from vosbatch.pipeline import VideoSegmenter, binarize_as_configured
 from vosbatch.postprocess.binarize import binarize
 
 _INPUT_STEPS = ("resize", "flow", "flow_reliability", "features")  # not the method's own time
 
 
-def _available_stages(sequence: str, from_soft: str | None, segmenter: VideoSegmenter) -> list[str]:
+def _available_stages(sequence: str, from_soft: str | None, segmenter: VideoSegmenter | None) -> list[str]:
     """The stages a sequence will have: those its saved soft masks hold, or those IKE's configuration makes."""
-    if from_soft:
+    if segmenter is None:
         with np.load(os.path.join(from_soft, f"{sequence}.npz")) as z:  # reads the file list only
             return list(z.files)
     return stage_names(segmenter.method_cfg) + ["final"]
@@ -68,11 +68,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append per-sequence JSON lines here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    # re-scoring saved soft masks needs no flow: keep the cheap default rather than load RAFT's weights
-    flow, flow_weights = (RunConfig().flow, None) if args.from_soft else (args.flow, args.flow_weights)
-    cfg = RunConfig(method="ike", flow=flow, flow_weights=flow_weights, work_height=args.work_height, flow_height=args.flow_height,
+    cfg = RunConfig(method="ike", flow=args.flow, flow_weights=args.flow_weights, work_height=args.work_height, flow_height=args.flow_height,
                     flow_reliability=args.flow_reliability, refine=args.refine, method_params=parse_method_params(args.p))
-    segmenter = VideoSegmenter(cfg, flow_cache=args.flow_cache)
+    segmenter = None if args.from_soft else VideoSegmenter(cfg, flow_cache=args.flow_cache)  # re-scoring loads no model
     names = args.sequences.split(",") if args.sequences else None
     sequences = list(davis_sequences(args.data_root, "val", names))
     wanted = set(args.stages.split(",")) if args.stages else None
@@ -105,7 +103,7 @@ def main() -> None:
         for colour in ([False, True] if args.both else [False]):
             for name, soft in scored:
                 # colour: the pipeline's own binarisation (colour model + refinement); raw: the K-means cut alone
-                masks = segmenter.binarize(frames, soft) if colour else binarize(soft, H, W, refine="none")
+                masks = binarize_as_configured(cfg, frames, soft) if colour else binarize(soft, H, W, refine="none")
                 sc = evaluate_sequence(list(masks), gt)
                 tag = ("colour_" if colour else "") + name
                 row[f"{tag}_J"], row[f"{tag}_F"] = sc.j_mean, sc.f_mean

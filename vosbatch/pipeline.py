@@ -38,6 +38,16 @@ def appearance_net_settings(cfg: RunConfig) -> Optional[AppearanceNetConfig]:
     return AppearanceNetConfig() if cfg.appearance_net else None
 
 
+def binarize_as_configured(cfg: RunConfig, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """Soft masks on the method's grid -> binary masks at the frames' resolution, as ``cfg`` binarises
+    them (appearance net and colour model, then the refinement: fast global smoother, guided filter,
+    dense CRF or none; one K-means threshold per video). It needs no flow or feature model, so saved
+    soft masks are re-scored without loading any."""
+    H, W = frames.shape[1:3]
+    return binarize(soft, H, W, seed=cfg.seed, guide=frames, colour_weight=cfg.appearance_weight,
+                    refine=cfg.refine, net=appearance_net_settings(cfg))
+
+
 class Timer:
     def __init__(self) -> None:
         self.seconds: Dict[str, float] = {}
@@ -129,16 +139,7 @@ class VideoSegmenter:
         return cached_flow(self.flow, resize_frames(frames, fh, fw), self.flow_cache).resized(h, w)
 
     def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
-        """Soft masks on the method's grid -> binary masks at the frames' resolution (this config's
-        appearance net and colour model, then its refinement: fast global smoother, guided filter,
-        dense CRF or none; one K-means threshold per video)."""
-        H, W = frames.shape[1:3]
-        return binarize(soft, H, W, seed=self.cfg.seed, guide=frames, colour_weight=self.cfg.appearance_weight,
-                        refine=self.cfg.refine, net=self.appearance_net)
-
-    @property
-    def appearance_net(self) -> Optional[AppearanceNetConfig]:
-        return appearance_net_settings(self.cfg)
+        return binarize_as_configured(self.cfg, frames, soft)
 
     def _feature_grid(self, work_hw) -> Optional[tuple[int, int]]:
         """Methods that consume appearance features say on which grid (``fn.feature_grid``)."""
