@@ -92,6 +92,14 @@ def test_method_digest_keys_the_soft_masks_not_their_binarisation():
     assert len(digests) == len(changes_output) and base.method_digest() not in digests
     for post in (dict(refine="crf"), dict(appearance_net=True), dict(appearance_weight=0.0), dict(window_frames=50)):
         assert dataclasses.replace(base, **post).method_digest() == base.method_digest()
+    # every field is accounted for: one added to RunConfig must change the key unless it only binarises (or places) the output
+    binarisation_only = {"appearance_weight", "appearance_net", "refine", "window_frames", "window_overlap", "device"}
+    for f in dataclasses.fields(RunConfig):
+        value = getattr(base, f.name)
+        other = ({"other": 1} if isinstance(value, dict) else not value if isinstance(value, bool)
+                 else value + 1 if isinstance(value, (int, float)) else f"{value}-other")
+        changed = dataclasses.replace(base, **{f.name: other}).method_digest() != base.method_digest()
+        assert changed == (f.name not in binarisation_only), f.name
     # the key caches had before flow_reliability and refine_from joined it
     first = [base.method, base.flow, None, base.flow_iters, base.features, None, base.work_height, base.method_params, 0, 480]
     assert base.method_digest() == hashlib.sha256(json.dumps(first, sort_keys=True).encode()).hexdigest()[:12]
