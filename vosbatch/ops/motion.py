@@ -31,16 +31,24 @@ def _background_samples(h: int, w: int, n: int, rng: np.random.Generator, band: 
     return ys, xs
 
 
-def background_homography(flow: np.ndarray, samples: int = 1500, threshold: float = 1.0, seed: int = 0) -> np.ndarray:
-    """RANSAC homography mapping p -> p + flow(p) for the dominant (background) motion."""
-    h, w = flow.shape[:2]
-    ys, xs = _background_samples(h, w, samples, np.random.default_rng(seed))
+def _background_pairs(flow: np.ndarray, samples: int, rng: np.random.Generator):
+    """Correspondences p -> p + flow(p) at the background sample: (src, dst) float32 (n,2), and (ys, xs)."""
+    ys, xs = _background_samples(*flow.shape[:2], samples, rng)
     src = np.stack([xs, ys], -1).astype(np.float32)
-    dst = src + flow[ys, xs]
+    return src, src + flow[ys, xs], (ys, xs)
+
+
+def _fit_homography(src: np.ndarray, dst: np.ndarray, threshold: float) -> np.ndarray:
     H, _ = cv2.findHomography(src, dst, cv2.RANSAC, threshold, maxIters=500, confidence=0.995)
     if H is None or not np.all(np.isfinite(H)):
         return np.eye(3)
     return H
+
+
+def background_homography(flow: np.ndarray, samples: int = 1500, threshold: float = 1.0, seed: int = 0) -> np.ndarray:
+    """RANSAC homography mapping p -> p + flow(p) for the dominant (background) motion."""
+    src, dst, _ = _background_pairs(flow, samples, np.random.default_rng(seed))
+    return _fit_homography(src, dst, threshold)
 
 
 def residual_flow(flow: np.ndarray, **kwargs) -> np.ndarray:
@@ -89,3 +97,54 @@ def motion_saliency(nxt: np.ndarray, prv: np.ndarray) -> np.ndarray:
     mn = np.linalg.norm(nxt, axis=-1)
     mp = np.linalg.norm(prv, axis=-1)
     return np.fmin(mn, mp)  # fmin ignores the NaN of the missing direction
+
+
+
+def _sampson(F: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Sampson distance (pixels) of correspondences p -> q (..., 3 homogeneous) to x'ᵀ F x = 0."""
+    fp, ftq = p @ F.T, q @ F
+    num = np.einsum("...c,...c->...", q, fp)
+    den = fp[..., 0] ** 2 + fp[..., 1] ** 2 + ftq[..., 0] ** 2 + ftq[..., 1] ** 2
+    return np.sqrt(num ** 2 / np.maximum(den, 1e-12))
+
+
+def _gric(sq_err: np.ndarray, sigma: float, manifold_dim: int, params: int) -> float:
+    """Torr's Geometric Robust Information Criterion of a two-view model (data dimension 4): robust residual
+    cost plus penalties for the manifold's dimension and the model's parameters; the lower, the better."""
+    n, r = sq_err.size, 4
+    return float(np.minimum(sq_err / sigma ** 2, 2.0 * (r - manifold_dim)).sum() + np.log(r) * manifold_dim * n
+                 + np.log(r * n) * params)
+
+
+def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float = 1.0, seed: int = 0,
+                       sigma: Optional[float] = None) -> np.ndarray:
+    """Per-pixel distance (pixels) of each flow vector from the background's two-view geometry.
+
+    A homography removes the camera's rotation and a distant scene's motion, but a near static surface
+    still moves against it (parallax). Static points, near or far, satisfy x'ᵀ F x = 0 for the camera's
+    fundamental matrix F (fitted by RANSAC to the background sample, as the homography); what moves
+    on its own does not, unless it happens to move along its epipolar line. F is only determined when
+    the background has depth: on a planar or distant background (or a rotating camera) every F of the
+    form [e']ₓH fits it, and RANSAC picks the e' that also fits the object. So the model is chosen per
+    frame pair by GRIC (Torr 1998): the Sampson distance to F where F explains the background better
+    than H, the homography residual elsewhere. (N,H,W,2) -> (N,H,W).
+    """
+    n, h, w = flow.shape[:3]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    p = np.stack([xs, ys, np.ones_like(xs)], -1)
+    out = np.zeros((n, h, w), np.float32)
+    rng = np.random.default_rng(seed)
+    for i, f in enumerate(flow):
+        src, dst, (sy, sx) = _background_pairs(f, samples, rng)
+        q = np.concatenate([p[..., :2] + f, p[..., 2:]], -1)
+        hp = p @ _fit_homography(src, dst, threshold).T
+        out[i] = h_err = np.linalg.norm(hp[..., :2] / hp[..., 2:] - q[..., :2], axis=-1)
+        F, _ = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 500)
+        if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
+            continue  # no fit (degenerate sample): the homography's residual
+        f_err = _sampson(F, p, q)
+        # the flow's noise σ, robustly from the general model's residuals on the sample (MAD), unless given
+        noise = sigma if sigma is not None else max(0.05, 1.4826 * float(np.median(f_err[sy, sx])))
+        if _gric(f_err[sy, sx] ** 2, noise, 3, 7) < _gric(h_err[sy, sx] ** 2, noise, 2, 8):
+            out[i] = f_err
+    return out

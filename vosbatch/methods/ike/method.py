@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ...ops.motion import frame_motion, motion_saliency
+from ...ops.motion import frame_motion, independent_motion, motion_saliency, per_frame_motion
 from ...postprocess.binarize import centre_at_cut, kmeans_threshold
 from ..base import MethodInput, MethodOutput, register_method
 from ...ops.segnet import NetConfig, frame_inputs, train_and_predict
@@ -44,6 +44,9 @@ class IkeConfig:
     motion: str = "residual"  # motion features: "residual" (camera-compensated) or "raw" flow
     encoding: str = "linear"  # "linear": motion (x,y) and saliency; "levels": soft "moves more than τ× noise" indicators
     levels: tuple = (2.0, 4.0, 8.0)  # τ of the "levels" encoding, in units of the frame's residual noise
+    # add each pixel's distance from the background's two-view geometry (ops.motion.independent_motion): a near
+    # static surface moves against the homography (parallax) but not against the epipolar geometry
+    epipolar: bool = False
     cycles: int = 3  # graph cycles (a network is trained between consecutive ones)
     net_width: int = 8  # channels of the network's first stage (x2, x4 below)
     net_steps: int = 150  # AdamW steps per network cycle
@@ -75,7 +78,14 @@ def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
     nxt = np.where(np.isnan(nxt), -np.nan_to_num(prv), nxt)  # first/last frame, unreliable: the other direction
     prv = np.where(np.isnan(prv), -np.nan_to_num(nxt), prv)
     if cfg.encoding == "linear":
-        return np.concatenate([nxt, prv, sal[..., None]], -1).astype(np.float32)
+        parts = [nxt, prv]
+        if cfg.epipolar:  # min over the two directions, as the saliency: an occlusion hurts only one
+            ind_f, ind_b = (independent_motion(f, seed=cfg.seed)[..., None] for f in (inp.flow.forward, inp.flow.backward))
+            if inp.reliable_forward is not None:  # unreliable flow is unknown motion, not independent motion
+                ind_f = np.where(inp.reliable_forward[..., None], ind_f, np.nan)
+                ind_b = np.where(inp.reliable_backward[..., None], ind_b, np.nan)
+            parts.append(np.nan_to_num(np.fmin(*per_frame_motion(ind_f, ind_b))))
+        return np.concatenate(parts + [sal[..., None]], -1).astype(np.float32)
     # A linear function of raw motion cannot be 1 on an object and 0 elsewhere unless the object
     # moves in one direction; soft indicators of "moves clearly more than the background's own
     # flow error" (times the direction) can, whatever its direction, and stay 0 on the background.
