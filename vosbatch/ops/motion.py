@@ -51,16 +51,23 @@ def background_homography(flow: np.ndarray, samples: int = 1500, threshold: floa
     return _fit_homography(src, dst, threshold)
 
 
+def _pixel_grid(h: int, w: int) -> np.ndarray:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([xs, ys], -1)
+
+
+def _homography_residual(flow: np.ndarray, H: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """One flow field (H,W,2) minus the motion the homography H gives each pixel of ``grid`` (H,W,2)."""
+    moved = cv2.perspectiveTransform(grid.reshape(-1, 1, 2), H).reshape(grid.shape)
+    return flow - (moved - grid)
+
+
 def residual_flow(flow: np.ndarray, **kwargs) -> np.ndarray:
     """Flow (N,H,W,2) minus each field's background homography motion."""
     out = np.empty_like(flow, dtype=np.float32)
-    h, w = flow.shape[1:3]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    pts = np.stack([xs, ys], -1).reshape(-1, 1, 2)
+    grid = _pixel_grid(*flow.shape[1:3])
     for i, f in enumerate(flow):
-        H = background_homography(f, **kwargs)
-        moved = cv2.perspectiveTransform(pts, H).reshape(h, w, 2)
-        out[i] = f - (moved - np.stack([xs, ys], -1))
+        out[i] = _homography_residual(f, background_homography(f, **kwargs), grid)
     return out
 
 
@@ -130,15 +137,14 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
     than H, the homography residual elsewhere. (N,H,W,2) -> (N,H,W).
     """
     n, h, w = flow.shape[:3]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    p = np.stack([xs, ys, np.ones_like(xs)], -1)
+    grid = _pixel_grid(h, w)
+    p = np.concatenate([grid, np.ones((h, w, 1), np.float32)], -1).astype(np.float64)
     out = np.zeros((n, h, w), np.float32)
     rng = np.random.default_rng(seed)
     for i, f in enumerate(flow):
         src, dst, (sy, sx) = _background_pairs(f, samples, rng)
         q = np.concatenate([p[..., :2] + f, p[..., 2:]], -1)
-        hp = p @ _fit_homography(src, dst, threshold).T
-        out[i] = h_err = np.linalg.norm(hp[..., :2] / hp[..., 2:] - q[..., :2], axis=-1)
+        out[i] = h_err = np.linalg.norm(_homography_residual(f, _fit_homography(src, dst, threshold), grid), axis=-1)
         F, _ = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 500)
         if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
             continue  # no fit (degenerate sample): the homography's residual
@@ -148,3 +154,4 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
         if _gric(f_err[sy, sx] ** 2, noise, 3, 7) < _gric(h_err[sy, sx] ** 2, noise, 2, 8):
             out[i] = f_err
     return out
+

@@ -8,9 +8,11 @@ added to the features, so appearance (learned by the net) and motion (the chains
 other. ``prior`` masks (``--refine-from``) become node features from cycle 1 on (the paper's
 "general refinement procedure").
 
-Departure from the paper, on purpose: motion features are the *residual* flow after removing the
+Departures from the paper, on purpose: motion features are the *residual* flow after removing the
 camera's homography (:mod:`vosbatch.ops.motion`), not raw displacements, because camera motion
-dominates raw flow and would otherwise be what the eigenvector segments.
+dominates raw flow and would otherwise be what the eigenvector segments; and, with ``epipolar``, each
+pixel's distance from the background's epipolar geometry, because the homography leaves the parallax of
+near static surfaces, which the eigenvector otherwise took for the object (DAVIS goat's rocks).
 """
 from __future__ import annotations
 
@@ -44,9 +46,9 @@ class IkeConfig:
     motion: str = "residual"  # motion features: "residual" (camera-compensated) or "raw" flow
     encoding: str = "linear"  # "linear": motion (x,y) and saliency; "levels": soft "moves more than τ× noise" indicators
     levels: tuple = (2.0, 4.0, 8.0)  # τ of the "levels" encoding, in units of the frame's residual noise
-    # add each pixel's distance from the background's two-view geometry (ops.motion.independent_motion): a near
-    # static surface moves against the homography (parallax) but not against the epipolar geometry. DAVIS val,
-    # DIS flow at 480 px, through the pipeline's binarisation: output J 0.649 / F 0.606 -> 0.668 / 0.628
+    # the motion saliency is each pixel's distance from the background's two-view geometry (ops.motion.
+    # independent_motion), not from its homography: a near static surface moves against the homography
+    # (parallax) but not against the epipolar geometry
     epipolar: bool = True
     cycles: int = 3  # graph cycles (a network is trained between consecutive ones)
     net_width: int = 8  # channels of the network's first stage (x2, x4 below)
@@ -72,21 +74,27 @@ class IkeConfig:
 
 
 def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
-    """Per-frame motion at working resolution (T,H,W,5): next/previous motion (x,y) and saliency."""
+    """Per-frame motion at working resolution (T,H,W,5): next/previous motion (x,y) and saliency (last).
+
+    The saliency is how far a pixel's flow is from the background's motion, the smaller of the two
+    directions (an occlusion hurts only one): the homography's residual, or with ``epipolar`` the
+    distance from the background's two-view geometry, which a near static surface's parallax does not
+    have (:func:`~vosbatch.ops.motion.independent_motion`; it equals the homography's residual in frames
+    whose background has no depth to fit)."""
     nxt, prv = frame_motion(inp.flow.forward, inp.flow.backward, inp.reliable_forward, inp.reliable_backward,
                             residual=cfg.motion == "residual", seed=cfg.seed)
-    sal = np.nan_to_num(motion_saliency(nxt, prv))  # 0 where neither direction is known
+    if cfg.epipolar:
+        dist_f, dist_b = (independent_motion(f, seed=cfg.seed)[..., None] for f in (inp.flow.forward, inp.flow.backward))
+        if inp.reliable_forward is not None:  # unreliable flow is unknown motion, not motion
+            dist_f = np.where(inp.reliable_forward[..., None], dist_f, np.nan)
+            dist_b = np.where(inp.reliable_backward[..., None], dist_b, np.nan)
+        sal = np.nan_to_num(np.fmin(*per_frame_motion(dist_f, dist_b))[..., 0])  # 0 where neither direction is known
+    else:
+        sal = np.nan_to_num(motion_saliency(nxt, prv))
     nxt = np.where(np.isnan(nxt), -np.nan_to_num(prv), nxt)  # first/last frame, unreliable: the other direction
     prv = np.where(np.isnan(prv), -np.nan_to_num(nxt), prv)
     if cfg.encoding == "linear":
-        parts = [nxt, prv]
-        if cfg.epipolar:  # min over the two directions, as the saliency: an occlusion hurts only one
-            ind_f, ind_b = (independent_motion(f, seed=cfg.seed)[..., None] for f in (inp.flow.forward, inp.flow.backward))
-            if inp.reliable_forward is not None:  # unreliable flow is unknown motion, not independent motion
-                ind_f = np.where(inp.reliable_forward[..., None], ind_f, np.nan)
-                ind_b = np.where(inp.reliable_backward[..., None], ind_b, np.nan)
-            parts.append(np.nan_to_num(np.fmin(*per_frame_motion(ind_f, ind_b))))
-        return np.concatenate(parts + [sal[..., None]], -1).astype(np.float32)
+        return np.concatenate([nxt, prv, sal[..., None]], -1).astype(np.float32)
     # A linear function of raw motion cannot be 1 on an object and 0 elsewhere unless the object
     # moves in one direction; soft indicators of "moves clearly more than the background's own
     # flow error" (times the direction) can, whatever its direction, and stay 0 on the background.
