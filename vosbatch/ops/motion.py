@@ -106,7 +106,6 @@ def motion_saliency(nxt: np.ndarray, prv: np.ndarray) -> np.ndarray:
     return np.fmin(mn, mp)  # fmin ignores the NaN of the missing direction
 
 
-
 def _sampson(F: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Sampson distance (pixels) of correspondences p -> q (..., 3 homogeneous) to x'ᵀ F x = 0."""
     fp, ftq = p @ F.T, q @ F
@@ -143,15 +142,14 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
     rng = np.random.default_rng(seed)
     for i, f in enumerate(flow):
         src, dst, (sy, sx) = _background_pairs(f, samples, rng)
-        q = np.concatenate([p[..., :2] + f, p[..., 2:]], -1)
         out[i] = h_err = np.linalg.norm(_homography_residual(f, _fit_homography(src, dst, threshold), grid), axis=-1)
         F, _ = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 500)
         if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
             continue  # no fit (degenerate sample): the homography's residual
-        f_err = _sampson(F, p, q)
+        q = np.concatenate([p[..., :2] + f, p[..., 2:]], -1)
+        f_err_sample = _sampson(F, p[sy, sx], q[sy, sx])  # the model choice needs the sample only
         # the flow's noise σ, robustly from the general model's residuals on the sample (MAD), unless given
-        noise = sigma if sigma is not None else max(0.05, 1.4826 * float(np.median(f_err[sy, sx])))
-        if _gric(f_err[sy, sx] ** 2, noise, 3, 7) < _gric(h_err[sy, sx] ** 2, noise, 2, 8):
-            out[i] = f_err
+        noise = sigma if sigma is not None else max(0.05, 1.4826 * float(np.median(f_err_sample)))
+        if _gric(f_err_sample ** 2, noise, 3, 7) < _gric(h_err[sy, sx] ** 2, noise, 2, 8):
+            out[i] = _sampson(F, p, q)
     return out
-
