@@ -29,6 +29,7 @@ def test_epipolar_distance_removes_parallax_that_the_homography_leaves():
     assert ind.shape == (1, h, w)
     assert ind[0][near].max() < 0.05  # static, near or far: it satisfies the epipolar constraint
     assert ind[0, 12:22, 30:40].min() > 1.5  # the square moves across its epipolar lines (3 px vertically)
+    np.testing.assert_array_equal(independent_motion(flow, fallback="none"), ind)  # F explains this background
 
 
 def test_planar_background_keeps_the_homography_residual():
@@ -38,6 +39,7 @@ def test_planar_background_keeps_the_homography_residual():
     ind = independent_motion(flow)
     np.testing.assert_allclose(ind, np.linalg.norm(residual_flow(flow), axis=-1), atol=1e-3)
     assert ind[0, 12:22, 30:40].min() > 2.9 and np.median(ind) < 1e-3
+    assert np.isnan(independent_motion(flow, fallback="none")).all()  # nothing beyond the homography's residual
 
 
 def _parallax_video(frames=10, size=(48, 64), seed=0):

@@ -123,7 +123,7 @@ def _gric(sq_err: np.ndarray, sigma: float, manifold_dim: int, params: int) -> f
 
 
 def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float = 1.0, seed: int = 0,
-                       sigma: Optional[float] = None) -> np.ndarray:
+                       sigma: Optional[float] = None, fallback: str = "homography") -> np.ndarray:
     """Per-pixel distance (pixels) of each flow vector from the background's two-view geometry.
 
     A homography removes the camera's rotation and a distant scene's motion, but a near static surface
@@ -133,8 +133,11 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
     the background has depth: on a planar or distant background (or a rotating camera) every F of the
     form [e']ₓH fits it, and RANSAC picks the e' that also fits the object. So the model is chosen per
     frame pair by GRIC (Torr 1998): the Sampson distance to F where F explains the background better
-    than H, the homography residual elsewhere. (N,H,W,2) -> (N,H,W).
+    than H; elsewhere (``fallback``) the homography residual, or NaN ("none": no distance beyond what the
+    homography's residual already says). (N,H,W,2) -> (N,H,W).
     """
+    if fallback not in ("homography", "none"):
+        raise ValueError(f"independent_motion fallback={fallback!r}: choose homography or none")
     n, h, w = flow.shape[:3]
     grid = _pixel_grid(h, w)
     p = np.concatenate([grid, np.ones((h, w, 1), np.float32)], -1).astype(np.float64)
@@ -142,10 +145,11 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
     rng = np.random.default_rng(seed)
     for i, f in enumerate(flow):
         src, dst, (sy, sx) = _background_pairs(f, samples, rng)
-        out[i] = h_err = np.linalg.norm(_homography_residual(f, _fit_homography(src, dst, threshold), grid), axis=-1)
+        h_err = np.linalg.norm(_homography_residual(f, _fit_homography(src, dst, threshold), grid), axis=-1)
+        out[i] = h_err if fallback == "homography" else np.nan
         F, _ = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 500)
         if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
-            continue  # no fit (degenerate sample): the homography's residual
+            continue  # no fit (degenerate sample): the fallback
         q = np.concatenate([p[..., :2] + f, p[..., 2:]], -1)
         f_err_sample = _sampson(F, p[sy, sx], q[sy, sx])  # the model choice needs the sample only
         # the flow's noise σ, robustly from the general model's residuals on the sample (MAD), unless given

@@ -52,6 +52,9 @@ class IkeConfig:
     # Off by default: in a video where nothing moves on its own the distance is noise, a second near-flat
     # channel beside the saliency that pulls the eigenvector over the background (README, IKE section)
     epipolar: bool = False
+    # the epipolar channel where GRIC keeps the homography (no depth in the background): "none" (0, the channel says
+    # only what F adds) or "homography" (its residual, a near copy of the saliency)
+    epipolar_fallback: str = "none"
     cycles: int = 3  # graph cycles (a network is trained between consecutive ones)
     net_width: int = 8  # channels of the network's first stage (x2, x4 below)
     net_steps: int = 150  # AdamW steps per network cycle
@@ -86,7 +89,7 @@ def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
     if cfg.encoding == "linear":
         parts = [nxt, prv]
         if cfg.epipolar:  # min over the two directions, as the saliency: an occlusion hurts only one
-            dist_f, dist_b = (independent_motion(f, seed=cfg.seed)[..., None] for f in (inp.flow.forward, inp.flow.backward))
+            dist_f, dist_b = (independent_motion(f, seed=cfg.seed, fallback=cfg.epipolar_fallback)[..., None] for f in (inp.flow.forward, inp.flow.backward))
             if inp.reliable_forward is not None:  # unreliable flow is unknown motion, not independent motion
                 dist_f = np.where(inp.reliable_forward[..., None], dist_f, np.nan)
                 dist_b = np.where(inp.reliable_backward[..., None], dist_b, np.nan)
