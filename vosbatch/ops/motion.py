@@ -148,8 +148,9 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
     rng = np.random.default_rng(seed)
     for i, f in enumerate(flow):
         src, dst, (sy, sx) = _background_pairs(f, samples, rng)
-        h_err = np.linalg.norm(_homography_residual(f, _fit_homography(src, dst, threshold), grid), axis=-1)
-        out[i] = h_err if fallback == "homography" else np.nan
+        H = _fit_homography(src, dst, threshold)
+        out[i] = np.linalg.norm(_homography_residual(f, H, grid), axis=-1) if fallback == "homography" else np.nan
+        h_err_sample = np.linalg.norm(dst - cv2.perspectiveTransform(src[:, None], H)[:, 0], axis=-1)
         F, _ = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 500)
         if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
             continue  # no fit (degenerate sample): the fallback
@@ -157,6 +158,6 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
         f_err_sample = _epipolar_line_distance(F, p[sy, sx], q[sy, sx])  # the model choice needs the sample only
         # the flow's noise σ, robustly from the general model's residuals on the sample (MAD), unless given
         noise = sigma if sigma is not None else max(0.05, 1.4826 * float(np.median(f_err_sample)))
-        if _gric(f_err_sample ** 2, noise, 3, 7) < _gric(h_err[sy, sx] ** 2, noise, 2, 8):
+        if _gric(f_err_sample ** 2, noise, 3, 7) < _gric(h_err_sample ** 2, noise, 2, 8):
             out[i] = _epipolar_line_distance(F, p, q)
     return out
