@@ -81,4 +81,3 @@ def test_ike_epipolar_feature_finds_the_object_where_parallax_dominates_the_resi
     # the homography's residual: parts of the static scene move as much as the object, and are taken for it
     assert iou(plain) < 0.3 and (plain & ~masks).sum() > masks.sum()
     assert iou(fn(inp, cls(epipolar=True, **kw)).soft) > 0.7
-

@@ -154,10 +154,11 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
         F, _ = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 500)
         if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
             continue  # no fit (degenerate sample): the fallback
-        q = np.concatenate([p[..., :2] + f, p[..., 2:]], -1)
-        f_err_sample = _epipolar_line_distance(F, p[sy, sx], q[sy, sx])  # the model choice needs the sample only
+        p_sample = p[sy, sx]
+        q_sample = np.concatenate([p_sample[:, :2] + f[sy, sx], p_sample[:, 2:]], -1)
+        f_err_sample = _epipolar_line_distance(F, p_sample, q_sample)  # the model choice needs the sample only
         # the flow's noise σ, robustly from the general model's residuals on the sample (MAD), unless given
         noise = sigma if sigma is not None else max(0.05, 1.4826 * float(np.median(f_err_sample)))
         if _gric(f_err_sample ** 2, noise, 3, 7) < _gric(h_err_sample ** 2, noise, 2, 8):
-            out[i] = _epipolar_line_distance(F, p, q)
+            out[i] = _epipolar_line_distance(F, p, np.concatenate([p[..., :2] + f, p[..., 2:]], -1))
     return out

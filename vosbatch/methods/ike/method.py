@@ -89,7 +89,8 @@ def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
     if cfg.encoding == "linear":
         parts = [nxt, prv]
         if cfg.epipolar:  # min over the two directions, as the saliency: an occlusion hurts only one
-            dist_f, dist_b = (independent_motion(f, seed=cfg.seed, fallback=cfg.epipolar_fallback)[..., None] for f in (inp.flow.forward, inp.flow.backward))
+            dist_f, dist_b = (independent_motion(f, seed=cfg.seed, fallback=cfg.epipolar_fallback)[..., None]
+                              for f in (inp.flow.forward, inp.flow.backward))
             if inp.reliable_forward is not None:  # unreliable flow is unknown motion, not independent motion
                 dist_f = np.where(inp.reliable_forward[..., None], dist_f, np.nan)
                 dist_b = np.where(inp.reliable_backward[..., None], dist_b, np.nan)
