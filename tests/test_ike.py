@@ -8,6 +8,7 @@ import torch
 from vosbatch.flow.base import BidirectionalFlow
 from vosbatch.methods import MethodInput, get_method
 from vosbatch.methods.ike import IkeConfig, stage_names
+from vosbatch.methods.ike.method import _motion_maps
 from vosbatch.methods.ike.graph import (
     ChainWarper,
     FeatureProjection,
@@ -93,6 +94,29 @@ def test_power_iteration_reaches_leading_eigenvector_of_pmp():
         assert abs(x @ v) / np.linalg.norm(x) > 0.999, seed
         starts.append(res.iterations)
     assert max(starts) < 500  # converged, not capped
+
+
+def test_feature_weight_sqrt2_is_the_feature_counted_twice():
+    """A feature's weight is its share of the span against the ridge: weight √2 projects exactly as the same
+    feature given twice (FFᵀ is the same), and a larger weight lets the feature explain more of x."""
+    rng = np.random.default_rng(5)
+    base = rng.random((4, 3, 5, 6))
+    x = torch.from_numpy(rng.standard_normal((4, 1, 5, 6)))
+    twice = FeatureProjection(torch.from_numpy(np.concatenate([base, base[:, 2:]], 1)), alpha=40.0)
+    weighted = FeatureProjection(torch.from_numpy(base.copy()), alpha=40.0, weights=torch.tensor([1.0, 1.0, 2 ** 0.5]))
+    np.testing.assert_allclose(weighted(x).numpy(), twice(x).numpy(), atol=1e-10)
+    plain = FeatureProjection(torch.from_numpy(base.copy()), alpha=40.0)
+    target = torch.from_numpy(base[:, 2:])
+    residual = [float(((p(target) - target) ** 2).sum()) for p in (plain, weighted)]
+    assert residual[1] < residual[0]
+
+
+def test_epipolar_feature_is_one_channel():
+    """The motion maps are next (x,y), previous (x,y), the epipolar distance once, the saliency last."""
+    vid = make_video(frames=5, size=(24, 32), obj_velocity=(2.0, 1.0), bg_velocity=(1.0, 0.0), seed=2)
+    inp = MethodInput(vid.frames, BidirectionalFlow(vid.forward, vid.backward))
+    assert _motion_maps(inp, IkeConfig()).shape == (5, 24, 32, 6)
+    assert _motion_maps(inp, IkeConfig(epipolar=False)).shape == (5, 24, 32, 5)
 
 
 def test_along_chain_collects_values_at_chain_positions():
@@ -243,6 +267,14 @@ def test_final_output_choice():
     np.testing.assert_allclose(default.soft, 0.5 * (default.stages["graph2"] + default.stages["net1"]), rtol=1e-6)
     with pytest.raises(ValueError, match="final='last'"):
         _run(vid, final="last", **kw)
+
+
+@pytest.mark.parametrize("name", ["final", "epipolar_fallback", "normalise", "motion", "encoding"])
+def test_unknown_choices_are_refused_when_configured(name):
+    """A misspelt choice fails when the job is configured (the CLI checks the config before it starts),
+    not silently falls into another branch or fails on the first video."""
+    with pytest.raises(ValueError, match=f"{name}='bogus'"):
+        IkeConfig(**{name: "bogus"})
 
 
 def test_unreliable_flow_is_not_motion():

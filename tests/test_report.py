@@ -191,6 +191,8 @@ def test_segment_with_ike_and_finer_flow(runs, tmp_path):
     assert np.mean([(m & g).sum() / (m | g).sum() for m, g in zip(masks, gt)]) > 0.6
     res = cli("segment", folder, "-o", tmp_path / "o2", "--method", "no-such-method")
     assert res.exit_code == 2 and "no-such-method" in res.output
+    res = cli("segment", folder, "-o", tmp_path / "o3", "--method", "ike", "-p", "epipolar_fallback=sometimes")
+    assert res.exit_code == 2 and "epipolar_fallback='sometimes'" in res.output and not (tmp_path / "o3").exists()
 
 
 def test_segment_video_file_respects_max_frames(runs, tmp_path):

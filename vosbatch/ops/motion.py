@@ -72,15 +72,15 @@ def residual_flow(flow: np.ndarray, **kwargs) -> np.ndarray:
 
 
 def per_frame_motion(forward_residual: np.ndarray, backward_residual: np.ndarray):
-    """Residual flows attached to frames: (T,H,W,2) towards the next and the previous frame.
+    """Per-pair maps (T-1,H,W,C) attached to frames: (T,H,W,C) towards the next and the previous frame.
 
     Frame t's "next" residual is forward[t] (t->t+1), its "previous" is backward[t-1] (t->t-1).
     The first frame has no previous and the last no next; those entries are NaN so callers must
     treat them as missing rather than as "static".
     """
-    t1, h, w, _ = forward_residual.shape
-    nxt = np.full((t1 + 1, h, w, 2), np.nan, np.float32)
-    prv = np.full((t1 + 1, h, w, 2), np.nan, np.float32)
+    t1, h, w, c = forward_residual.shape
+    nxt = np.full((t1 + 1, h, w, c), np.nan, np.float32)
+    prv = np.full((t1 + 1, h, w, c), np.nan, np.float32)
     nxt[:-1] = forward_residual
     prv[1:] = backward_residual
     return nxt, prv

@@ -139,16 +139,20 @@ class FeatureProjection:
     feature vector features[t,:,y,x]. Each feature is scaled to unit RMS but not centred: 0 stays
     "no motion / no object", so no constant direction enters the span (with a constant feature the
     flat vector would be the leading eigenvector and carry no segmentation).
+    ``weights`` (D,) then scales each feature: against a ridge of the size of FᵀF's diagonal, a feature's
+    share of the span grows with its weight (a feature repeated twice counts as one with weight √2).
     """
 
-    def __init__(self, features: torch.Tensor, alpha: float) -> None:
+    def __init__(self, features: torch.Tensor, alpha: float, weights: Optional[torch.Tensor] = None) -> None:
         t, d, h, w = features.shape
         self.features = features
         sq = torch.zeros(d, dtype=torch.float64)
         for f in features:  # frame by frame: no (N,D) temporary
             sq += f.reshape(d, -1).double().pow(2).sum(1)
-        rms = (sq / (t * h * w)).sqrt().clamp_min(1e-8)
-        features.mul_((1.0 / rms).to(features.dtype)[None, :, None, None])
+        scale = 1.0 / (sq / (t * h * w)).sqrt().clamp_min(1e-8)
+        if weights is not None:
+            scale = scale * weights.double()
+        features.mul_(scale.to(features.dtype)[None, :, None, None])
         gram = torch.zeros(d, d, dtype=torch.float64)
         for f in features:
             f2 = f.reshape(d, -1)

@@ -51,6 +51,11 @@ class IkeConfig:
     # epipolar geometry. DAVIS val, 20 videos, through the pipeline, output J / F: DIS at 480 px 0.649 / 0.606 ->
     # 0.685 / 0.638 (goat 0.12 -> 0.70), RAFT-small at 480 px 0.686 / 0.617 -> 0.688 / 0.620 (README, IKE section)
     epipolar: bool = True
+    # the epipolar feature's weight after unit-RMS scaling: its share of the feature span against the ridge
+    # (FeatureProjection). The channel was first collected twice by mistake, which is weight √2. DAVIS val, RAFT-small
+    # at 480 px, graph1 J through the pipeline: weight 1 0.653, √2 0.654, 2 0.647 (goat 0.12 / 0.18 / 0.27, libby
+    # 0.74 / 0.73 / 0.51: where the object moves along its epipolar lines the channel says little about it)
+    epipolar_weight: float = 1.4142135623730951
     # the epipolar channel where GRIC keeps the homography (no depth in the background): "none" (0: the channel
     # says only what F adds) or "homography" (its residual: a second near-flat noise channel beside the saliency
     # where nothing moves on its own, which spoiled refinement from another method's masks)
@@ -76,6 +81,14 @@ class IkeConfig:
     # probabilities, net2 read 0.617 and the mean 0.630 / 0.568, below graph3.)
     final: str = "mean"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse an unknown choice when the job is configured, not when its first video reaches it."""
+        for name, allowed in (("final", ("graph", "net", "mean")), ("epipolar_fallback", ("none", "homography")),
+                              ("normalise", ("frame", "video")), ("motion", ("residual", "raw")),
+                              ("encoding", ("linear", "levels"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"IKE {name}={getattr(self, name)!r}: choose {', '.join(allowed)}")
 
 
 def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
@@ -164,19 +177,28 @@ def _above_cut(soft: np.ndarray, cut: float) -> torch.Tensor:
     return torch.from_numpy(np.clip((soft - cut) / max(1e-6, 1.0 - cut), 0, 1).astype(np.float32))[:, None]
 
 
-def graph_cycle(warper: ChainWarper, parts: List[torch.Tensor], saliency: torch.Tensor, cfg: IkeConfig, seed: int,
-                start: Optional[torch.Tensor] = None):
+def _motion_weights(cfg: IkeConfig, channels: int) -> torch.Tensor:
+    """Per-channel weights of the motion maps of :func:`_motion_maps` as node features."""
+    weights = torch.ones(channels)
+    if cfg.encoding == "linear" and cfg.epipolar:
+        weights[4] = cfg.epipolar_weight  # after next (x,y) and previous (x,y)
+    return weights
+
+
+def graph_cycle(warper: ChainWarper, parts: List[torch.Tensor], weights: torch.Tensor, saliency: torch.Tensor,
+                cfg: IkeConfig, seed: int, start: Optional[torch.Tensor] = None):
     """One graph stage: features along chains, projection, leading eigenvector, soft masks.
 
     ``parts``: per-frame maps (T,C_i,h,w) stacked here so that the stack is freed as soon as the
-    features are built (the feature tensor is the method's peak memory)."""
+    features are built (the feature tensor is the method's peak memory); ``weights``: one per channel
+    of the stack."""
     maps = torch.cat(parts, 1)
     feats = along_chain(maps, warper, cfg.feature_window)
     del maps
     # Features have unit RMS, so FᵀF has N (the node count, ~10⁶) on its diagonal: the official α = 100
     # regularises nothing at this scale. α = ridge·N is the same shrinkage whatever the video's size.
     alpha = cfg.ridge * (feats.shape[0] * feats.shape[2] * feats.shape[3] if cfg.ridge_per_node else 1)
-    proj = FeatureProjection(feats, alpha)
+    proj = FeatureProjection(feats, alpha, weights.repeat(2 * cfg.feature_window + 1))  # along_chain's column order
     del feats
     res = leading_eigenvector(warper, proj, cfg.chain_length, cfg.chain_sigma, cfg.power_max_iter, cfg.power_tol,
                               seed=seed, start=start, symmetric=cfg.symmetric)
@@ -191,8 +213,6 @@ def stage_names(cfg: IkeConfig) -> List[str]:
 
 @register_method("ike", IkeConfig)
 def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
-    if cfg.final not in ("graph", "net", "mean"):
-        raise ValueError(f"IKE final={cfg.final!r}: choose graph, net or mean")
     t_len, H, W = inp.frames.shape[:3]
     hw = (max(2, H // cfg.graph_stride), max(2, W // cfg.graph_stride))
     info: Dict[str, float] = {}
@@ -212,10 +232,12 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
     for cycle in range(1, cfg.cycles + 1):
         t0 = time.perf_counter()
         parts = ([motion] if cycle == 1 or cfg.later_motion else []) + extra
+        weights = torch.cat(([_motion_weights(cfg, motion.shape[1])] if cycle == 1 or cfg.later_motion else [])
+                            + [torch.ones(part.shape[1]) for part in extra])
         start = None
         if cycle > 1 and cfg.warm_start:
             start = 0.5 * (torch.from_numpy(soft) + torch.from_numpy(pred))[:, None]
-        soft, res = graph_cycle(warper, parts, saliency, cfg, cfg.seed + cycle, start)
+        soft, res = graph_cycle(warper, parts, weights, saliency, cfg, cfg.seed + cycle, start)
         cut = kmeans_threshold(soft, seed=cfg.seed)  # the graph's own object/background split
         stages[f"graph{cycle}"] = stage_probabilities(soft, cut, cfg)
         info[f"power_iterations_graph{cycle}"] = float(res.iterations)
