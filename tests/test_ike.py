@@ -115,8 +115,10 @@ def test_epipolar_feature_is_one_channel():
     """The motion maps are next (x,y), previous (x,y), the epipolar distance once, the saliency last."""
     vid = make_video(frames=5, size=(24, 32), obj_velocity=(2.0, 1.0), bg_velocity=(1.0, 0.0), seed=2)
     inp = MethodInput(vid.frames, BidirectionalFlow(vid.forward, vid.backward))
-    assert _motion_maps(inp, IkeConfig()).shape == (5, 24, 32, 6)
-    assert _motion_maps(inp, IkeConfig(epipolar=False)).shape == (5, 24, 32, 5)
+    maps, weights = _motion_maps(inp, IkeConfig(epipolar_weight=1.5))
+    assert maps.shape == (5, 24, 32, 6) and weights.tolist() == [1.0, 1.0, 1.0, 1.0, 1.5, 1.0]
+    maps, weights = _motion_maps(inp, IkeConfig(epipolar=False))
+    assert maps.shape == (5, 24, 32, 5) and weights.tolist() == [1.0] * 5
 
 
 def test_along_chain_collects_values_at_chain_positions():

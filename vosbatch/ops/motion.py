@@ -12,6 +12,9 @@ import cv2
 import numpy as np
 
 
+EPIPOLAR_FALLBACKS = ("homography", "none")  # independent_motion's output where GRIC keeps the homography
+
+
 def _background_samples(h: int, w: int, n: int, rng: np.random.Generator, band: float = 0.15):
     """Sample points for the background fit, two thirds from the image's border band.
 
@@ -139,8 +142,8 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
     better than H; elsewhere (``fallback``) the homography residual, or NaN ("none": no distance beyond what
     the homography's residual already says). (N,H,W,2) -> (N,H,W).
     """
-    if fallback not in ("homography", "none"):
-        raise ValueError(f"independent_motion fallback={fallback!r}: choose homography or none")
+    if fallback not in EPIPOLAR_FALLBACKS:
+        raise ValueError(f"independent_motion fallback={fallback!r}: choose {' or '.join(EPIPOLAR_FALLBACKS)}")
     n, h, w = flow.shape[:3]
     grid = _pixel_grid(h, w)
     p = np.concatenate([grid, np.ones((h, w, 1), np.float32)], -1).astype(np.float64)

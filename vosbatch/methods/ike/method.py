@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from ...ops.motion import frame_motion, independent_motion, motion_saliency, per_frame_motion
+from ...ops.motion import EPIPOLAR_FALLBACKS, frame_motion, independent_motion, motion_saliency, per_frame_motion
 from ...postprocess.binarize import centre_at_cut, kmeans_threshold
 from ..base import MethodInput, MethodOutput, register_method
 from ...ops.segnet import NetConfig, frame_inputs, train_and_predict
@@ -88,23 +88,24 @@ class IkeConfig:
 
     def __post_init__(self) -> None:
         """Refuse an unknown choice when the job is configured, not when its first video reaches it."""
-        for name, allowed in (("final", ("graph", "net", "mean")), ("epipolar_fallback", ("none", "homography")),
+        for name, allowed in (("final", ("graph", "net", "mean")), ("epipolar_fallback", EPIPOLAR_FALLBACKS),
                               ("normalise", ("frame", "video")), ("motion", ("residual", "raw")),
                               ("encoding", ("linear", "levels"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"IKE {name}={getattr(self, name)!r}: choose {', '.join(allowed)}")
 
 
-def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
+def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> Tuple[np.ndarray, torch.Tensor]:
     """Per-frame motion at working resolution (T,H,W,C): next/previous motion (x,y), with ``epipolar`` the
-    distance from the background's two-view geometry (linear encoding), and the saliency (always last)."""
+    distance from the background's two-view geometry (linear encoding), and the saliency (always last);
+    and each channel's weight as a node feature (C,), built with the channels so that the two agree."""
     nxt, prv = frame_motion(inp.flow.forward, inp.flow.backward, inp.reliable_forward, inp.reliable_backward,
                             residual=cfg.motion == "residual", seed=cfg.seed)
     sal = np.nan_to_num(motion_saliency(nxt, prv))  # 0 where neither direction is known
     nxt = np.where(np.isnan(nxt), -np.nan_to_num(prv), nxt)  # first/last frame, unreliable: the other direction
     prv = np.where(np.isnan(prv), -np.nan_to_num(nxt), prv)
     if cfg.encoding == "linear":
-        parts = [nxt, prv]
+        parts, weights = [nxt, prv], [1.0] * 4
         if cfg.epipolar:  # min over the two directions, as the saliency: an occlusion hurts only one
             dist_f, dist_b = (independent_motion(f, seed=cfg.seed, fallback=cfg.epipolar_fallback)[..., None]
                               for f in (inp.flow.forward, inp.flow.backward))
@@ -112,7 +113,8 @@ def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
                 dist_f = np.where(inp.reliable_forward[..., None], dist_f, np.nan)
                 dist_b = np.where(inp.reliable_backward[..., None], dist_b, np.nan)
             parts.append(np.nan_to_num(np.fmin(*per_frame_motion(dist_f, dist_b))))
-        return np.concatenate(parts + [sal[..., None]], -1).astype(np.float32)
+            weights.append(cfg.epipolar_weight)
+        return np.concatenate(parts + [sal[..., None]], -1).astype(np.float32), torch.tensor(weights + [1.0])
     # A linear function of raw motion cannot be 1 on an object and 0 elsewhere unless the object
     # moves in one direction; soft indicators of "moves clearly more than the background's own
     # flow error" (times the direction) can, whatever its direction, and stay 0 on the background.
@@ -125,7 +127,7 @@ def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> np.ndarray:
         ind = 1.0 / (1.0 + np.exp(-2.0 * (rel - tau)))
         out += [ind, ind * cos, ind * sin]
     out.append(sal)
-    return np.stack(out, -1).astype(np.float32)
+    return np.stack(out, -1).astype(np.float32), torch.ones(len(out))
 
 
 def _soft_from_eigenvector(x: torch.Tensor, saliency: torch.Tensor, normalise: str) -> np.ndarray:
@@ -181,22 +183,14 @@ def _above_cut(soft: np.ndarray, cut: float) -> torch.Tensor:
     return torch.from_numpy(np.clip((soft - cut) / max(1e-6, 1.0 - cut), 0, 1).astype(np.float32))[:, None]
 
 
-def _motion_weights(cfg: IkeConfig, channels: int) -> torch.Tensor:
-    """Per-channel weights of the motion maps of :func:`_motion_maps` as node features."""
-    weights = torch.ones(channels)
-    if cfg.encoding == "linear" and cfg.epipolar:
-        weights[4] = cfg.epipolar_weight  # after next (x,y) and previous (x,y)
-    return weights
-
-
-def graph_cycle(warper: ChainWarper, parts: List[torch.Tensor], weights: torch.Tensor, saliency: torch.Tensor,
+def graph_cycle(warper: ChainWarper, parts: List[Tuple[torch.Tensor, torch.Tensor]], saliency: torch.Tensor,
                 cfg: IkeConfig, seed: int, start: Optional[torch.Tensor] = None):
     """One graph stage: features along chains, projection, leading eigenvector, soft masks.
 
-    ``parts``: per-frame maps (T,C_i,h,w) stacked here so that the stack is freed as soon as the
-    features are built (the feature tensor is the method's peak memory); ``weights``: one per channel
-    of the stack."""
-    maps = torch.cat(parts, 1)
+    ``parts``: per-frame maps (T,C_i,h,w), each with its channels' weights (C_i,), stacked here so that the
+    stack is freed as soon as the features are built (the feature tensor is the method's peak memory)."""
+    maps = torch.cat([m for m, _ in parts], 1)
+    weights = torch.cat([w for _, w in parts])
     feats = along_chain(maps, warper, cfg.feature_window)
     del maps
     # Features have unit RMS, so FᵀF has N (the node count, ~10⁶) on its diagonal: the official α = 100
@@ -223,11 +217,13 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
     stages: Dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     warper = ChainWarper(*grid_flow(inp.flow.forward, inp.flow.backward, hw))
-    motion = area_to_grid(_motion_maps(inp, cfg), hw)
+    motion_maps, motion_weights = _motion_maps(inp, cfg)
+    motion = area_to_grid(motion_maps, hw)
+    del motion_maps
     saliency = motion[:, -1:]
-    extra: List[torch.Tensor] = []
+    extra: List[Tuple[torch.Tensor, torch.Tensor]] = []  # masks as node features, weight 1
     if inp.prior is not None:
-        extra.append(area_to_grid(inp.prior, hw))
+        extra.append((area_to_grid(inp.prior, hw), torch.ones(1)))
     net_cfg = NetConfig(width=cfg.net_width, steps=cfg.net_steps, batch=cfg.net_batch, lr=cfg.net_lr, crop=cfg.net_crop,
                         norm=cfg.net_norm)
     net_inputs = frame_inputs(inp.frames, hw, motion if cfg.net_motion_input else None)
@@ -235,13 +231,11 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
     soft = pred = None  # the previous cycle's graph output and net prediction
     for cycle in range(1, cfg.cycles + 1):
         t0 = time.perf_counter()
-        parts = ([motion] if cycle == 1 or cfg.later_motion else []) + extra
-        weights = torch.cat(([_motion_weights(cfg, motion.shape[1])] if cycle == 1 or cfg.later_motion else [])
-                            + [torch.ones(part.shape[1]) for part in extra])
+        parts = ([(motion, motion_weights)] if cycle == 1 or cfg.later_motion else []) + extra
         start = None
         if cycle > 1 and cfg.warm_start:
             start = 0.5 * (torch.from_numpy(soft) + torch.from_numpy(pred))[:, None]
-        soft, res = graph_cycle(warper, parts, weights, saliency, cfg, cfg.seed + cycle, start)
+        soft, res = graph_cycle(warper, parts, saliency, cfg, cfg.seed + cycle, start)
         cut = kmeans_threshold(soft, seed=cfg.seed)  # the graph's own object/background split
         stages[f"graph{cycle}"] = stage_probabilities(soft, cut, cfg)
         info[f"power_iterations_graph{cycle}"] = float(res.iterations)
@@ -256,7 +250,7 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
         info[f"seconds_net{cycle}"] = time.perf_counter() - t0
         # later cycles: the graph sees its own previous output and the network's masks along chains
         extra = extra[:1] if inp.prior is not None else []
-        extra += [_above_cut(soft, cut), _above_cut(pred, pred_cut)]
+        extra += [(_above_cut(soft, cut), torch.ones(1)), (_above_cut(pred, pred_cut), torch.ones(1))]
     soft = stages[f"graph{cfg.cycles}"]
     if cfg.cycles > 1 and cfg.final != "graph":
         net = stages[f"net{cfg.cycles - 1}"]
