@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--both", action="store_true", help="also score every stage with the pipeline's binarisation (colour model + the default refinement)")
     ap.add_argument("--refine-from", default=None, metavar="RUN_OR_DIR",
                     help="another method's masks as node features (a vosbatch run or a DAVIS-layout PNG folder)")
-    ap.add_argument("--refine", default="fgs", choices=REFINEMENTS, help="the pipeline's refinement for --both (as submit's --refine)")
+    ap.add_argument("--refine", default=RunConfig().refine, choices=REFINEMENTS, help="the pipeline's refinement for --both (as submit's --refine)")
     ap.add_argument("--save-soft", default=None, metavar="DIR", help="keep every stage's soft masks as DIR/SEQUENCE.npz (re-binarise later)")
     ap.add_argument("--from-soft", default=None, metavar="DIR",
                     help="score the soft masks a --save-soft run kept in DIR instead of running the method (another --refine)")

@@ -1,4 +1,5 @@
-"""Dense CRF refinement (the ``crf`` extra): blurry masks snap to colour edges; a clear error without it."""
+"""Dense CRF refinement (the default): blurry masks snap to colour edges; a clear error without pydensecrf2."""
+import os
 import sys
 
 import numpy as np
@@ -7,10 +8,10 @@ import pytest
 from vosbatch.metrics import boundary_f, jaccard
 from vosbatch.postprocess import crf as crf_module
 from vosbatch.postprocess.binarize import binarize
-from vosbatch.postprocess.crf import CRFUnavailable, crf_available, crf_params, crf_refine
+from vosbatch.postprocess.crf import CRFUnavailable, crf_params, crf_refine
+from vosbatch.testing.cli import cli_env, run_cli
 from vosbatch.testing.synthetic import make_video
 
-needs_crf = pytest.mark.skipif(not crf_available(), reason="the 'crf' extra (pydensecrf2) is not installed")
 
 
 def _blurred_disc_scene(seed=0):
@@ -28,7 +29,6 @@ def _blurred_disc_scene(seed=0):
     return img[None], soft[None], truth[None]
 
 
-@needs_crf
 def test_crf_snaps_a_blurred_mask_to_the_colour_edge():
     img, soft, truth = _blurred_disc_scene()
     before = soft[0] > 0.5
@@ -42,7 +42,6 @@ def test_crf_snaps_a_blurred_mask_to_the_colour_edge():
     assert jaccard(deeplab, truth[0]) > 0.95
 
 
-@needs_crf
 def test_crf_keeps_the_unary_where_the_image_has_no_edge():
     # a flat grey image: no colour edge to snap to, so the labelling follows the (confident) unary
     img = np.full((1, 60, 80, 3), 128, np.uint8)
@@ -52,7 +51,6 @@ def test_crf_keeps_the_unary_where_the_image_has_no_edge():
     assert jaccard(out, soft[0] > 0.5) > 0.9
 
 
-@needs_crf
 def test_binarize_with_crf_improves_coarse_masks_on_a_video():
     vid = make_video(frames=3, size=(120, 160), obj_size=(30, 40), bg_velocity=(0.0, 0.0), seed=4)
     coarse = vid.masks[:, ::8, ::8].astype(np.float32)  # a blocky 8-px-grid mask
@@ -71,15 +69,14 @@ def test_crf_without_the_extra_fails_clearly(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     assert not crf_module.crf_available()
     img, soft, _ = _blurred_disc_scene()
-    with pytest.raises(CRFUnavailable, match=r"vosbatch\[crf\]"):
+    with pytest.raises(CRFUnavailable, match=r"pip install pydensecrf2.*--refine fgs"):
         crf_refine(img, soft)
     with pytest.raises(CRFUnavailable):
         binarize(soft, 120, 160, guide=img, refine="crf")
-    # the default refinement needs no extra
-    assert binarize(soft, 120, 160, guide=img).shape == (1, 120, 160)
+    # the CRF-free smoother, which the message offers, needs no pydensecrf
+    assert binarize(soft, 120, 160, guide=img, refine="fgs").shape == (1, 120, 160)
 
 
-@needs_crf
 def test_crf_parameters_reach_the_inference():
     # without pairwise kernels the CRF has nothing to add: its marginals are the unary's probabilities,
     # so the blurred mask stays shifted instead of snapping to the disc
@@ -100,7 +97,6 @@ def test_unknown_refinement_is_rejected():
         binarize(np.zeros((1, 4, 4), np.float32), 8, 8, refine="bilateral")
 
 
-@needs_crf
 def test_segmenter_with_refine_crf_segments_a_video():
     from vosbatch.config import RunConfig
     from vosbatch.pipeline import VideoSegmenter
@@ -110,3 +106,14 @@ def test_segmenter_with_refine_crf_segments_a_video():
     assert result.masks.shape == vid.masks.shape and result.masks.dtype == bool
     assert result.stage_masks["init"].shape == vid.masks.shape
     assert np.mean([jaccard(m, g) for m, g in zip(result.masks, vid.masks)]) > 0.7
+
+
+def test_submit_without_pydensecrf_stops_before_starting_anything(tmp_path):
+    """The default refinement's missing library is reported once, up front, not as a failure per sequence."""
+    shadow = tmp_path / "shadow" / "pydensecrf"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('pydensecrf2 is not installed')\n")
+    env = cli_env(PYTHONPATH=os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = run_cli("submit", "--data-root", tmp_path / "nowhere", "--output", tmp_path / "runs", check=False, env=env)
+    assert proc.returncode == 2 and "pip install pydensecrf2" in proc.stderr and "--refine fgs" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -42,9 +42,9 @@ def main() -> None:
 
 # --refine, shared by `submit` and `segment`.
 _refine_option = click.option(
-    "--refine", default="fgs", show_default=True, type=click.Choice(list(REFINEMENTS)),
-    help="Refinement before binarising: fgs (edge-aware fast global smoother, default), guided (guided filter), "
-         "crf (the smoother then a dense CRF; needs the crf extra) or none.")
+    "--refine", default=RunConfig.refine, show_default=True, type=click.Choice(list(REFINEMENTS)),
+    help="Refinement before binarising: crf (the edge-aware fast global smoother, then a dense CRF; default), "
+         "fgs (the smoother alone, ~4x faster), guided (guided filter) or none.")
 
 _flow_height_option = click.option(
     "--flow-height", type=click.IntRange(min=0), default=RunConfig.flow_height, show_default=True,
@@ -142,6 +142,13 @@ def submit(ctx, dataset, data_root, split, sequences, inputs, method, flow, flow
         get_method(cfg.method)[1](**cfg.method_params)  # validate parameters before starting anything
     except (TypeError, ValueError) as e:
         raise click.UsageError(f"--method {method} / --param: {e}")
+    if cfg.refine == "crf" and not address:  # the local actors share this environment: say it once, not per sequence
+        from .postprocess.crf import CRFUnavailable, require_crf
+
+        try:
+            require_crf()
+        except CRFUnavailable as e:
+            raise click.UsageError(str(e))
     try:
         env = json.loads(runtime_env) if runtime_env else None
     except json.JSONDecodeError as e:

@@ -1,7 +1,7 @@
 """Soft masks at a coarse grid -> binary masks at the original resolution.
 
-Refinements (``refine``): ``"fgs"`` (default, CRF-free fast global smoother), ``"guided"`` (guided
-filter), ``"crf"`` (the smoother, then a dense CRF; needs the ``crf`` extra), ``"none"`` (plain
+Refinements (``refine``): ``"crf"`` (the fast global smoother, then a dense CRF: the pipeline's default,
+``RunConfig.refine``), ``"fgs"`` (the smoother alone), ``"guided"`` (guided filter), ``"none"`` (plain
 bilinear upsampling).
 """
 from __future__ import annotations

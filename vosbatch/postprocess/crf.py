@@ -13,9 +13,9 @@ spreading into same-coloured background far away, and a weaker smoothness kernel
 longer erodes thin parts the smoother kept: J 0.624 → 0.628, F 0.596 → 0.604, F up in 16 of 20
 sequences.
 
-``pydensecrf2`` (imports as ``pydensecrf``) builds from source; install it with
-``pip install 'vosbatch[crf]'``. Without it ``--refine crf`` fails with a clear message, and the
-default refinement stays the CRF-free fast global smoother (:mod:`vosbatch.postprocess.refine`).
+``pydensecrf2`` (imports as ``pydensecrf``) is a dependency and builds from source (a C++ compiler); an
+install without it fails ``--refine crf`` (the default) with a clear message naming the fix and the CRF-free
+``--refine fgs`` (:mod:`vosbatch.postprocess.refine`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from .refine import REFERENCE_DIAGONAL  # the widths below are in pixels of that
 
 
 class CRFUnavailable(VosbatchError):
-    """``--refine crf`` was asked for but the ``crf`` extra (pydensecrf2) is not installed."""
+    """``--refine crf`` (the default) was asked for but pydensecrf2 is not installed."""
 
 
 @dataclass
@@ -68,13 +68,14 @@ def crf_available() -> bool:
     return True
 
 
-def _densecrf():
+def require_crf():
+    """pydensecrf's dense CRF module, or :class:`CRFUnavailable` saying how to install it."""
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError as exc:
         raise CRFUnavailable(
-            "--refine crf needs the 'crf' extra: pip install 'vosbatch[crf]' (pydensecrf2, builds from source "
-            "with a C++ compiler); or use --refine fgs (the default, no extra needed)"
+            "--refine crf (the default) needs pydensecrf2, a dependency of vosbatch that builds from source with a "
+            "C++ compiler: pip install pydensecrf2; or choose --refine fgs (the smoother alone, no CRF)"
         ) from exc
     return dcrf
 
@@ -85,7 +86,7 @@ def crf_refine(frames: np.ndarray, prob: np.ndarray, params: CRFParams | None = 
     ``frames`` (T,H,W,3) uint8 RGB, ``prob`` (T,H,W) foreground probabilities at the same size,
     calibrated so that 0.5 is the decision boundary (the CRF's labels are its argmax).
     """
-    dcrf = _densecrf()
+    dcrf = require_crf()
     p = params or CRFParams()
     t_len, h, w = prob.shape
     if frames.shape[:3] != prob.shape:
