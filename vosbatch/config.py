@@ -35,7 +35,8 @@ class RunConfig:
     appearance_net: bool = False  # a per-video net learns the soft masks from the frames and replaces them (postprocess.appearance)
     # edge-aware filter before binarising: "crf" (the fast global smoother, then a dense CRF) | "fgs" (the smoother alone)
     # | "guided" | "none". The CRF is the default: DAVIS val, DIS at 480 px, J / F: IKE 0.693 / 0.648 -> 0.704 / 0.667
-    # (better in 18 of 20 videos), globalopt 0.630 / 0.605 -> 0.641 / 0.628, for 0.29 against 0.07 s/frame (README)
+    # (better in 18 of 20 videos), globalopt 0.630 / 0.605 -> 0.641 / 0.628, for 0.29 against 0.07 s/frame
+    # per binarisation (README's ablation; ~0.45 in the IKE job, README)
     refine: str = "crf"
     window_frames: int = 100  # longer videos are segmented in windows of this many frames: memory stays bounded
     window_overlap: int = 16  # frames shared by consecutive windows (the stitch switches at their middle)

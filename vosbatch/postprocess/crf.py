@@ -62,8 +62,8 @@ def crf_params(**overrides) -> CRFParams:
 
 def crf_available() -> bool:
     try:
-        import pydensecrf.densecrf  # noqa: F401
-    except ImportError:
+        require_crf()
+    except CRFUnavailable:
         return False
     return True
 
