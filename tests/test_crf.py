@@ -108,12 +108,15 @@ def test_segmenter_with_refine_crf_segments_a_video():
     assert np.mean([jaccard(m, g) for m, g in zip(result.masks, vid.masks)]) > 0.7
 
 
-def test_submit_without_pydensecrf_stops_before_starting_anything(tmp_path):
-    """The default refinement's missing library is reported once, up front, not as a failure per sequence."""
+@pytest.mark.parametrize("refinements", [(), ("--refine", "fgs", "--stage-refine", "crf")])
+def test_submit_without_pydensecrf_stops_before_starting_anything(tmp_path, refinements):
+    """The default refinement's missing library is reported once, up front, not as a failure per sequence
+    (also when only the stages' scoring asks for the CRF)."""
     shadow = tmp_path / "shadow" / "pydensecrf"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('pydensecrf2 is not installed')\n")
     env = cli_env(PYTHONPATH=os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")]))
-    proc = run_cli("submit", "--data-root", tmp_path / "nowhere", "--output", tmp_path / "runs", check=False, env=env)
+    proc = run_cli("submit", "--data-root", tmp_path / "nowhere", "--output", tmp_path / "runs", *refinements, check=False,
+                   env=env)
     assert proc.returncode == 2 and "pip install pydensecrf2" in proc.stderr and "--refine fgs" in proc.stderr, proc.stderr
     assert not (tmp_path / "runs").exists()

@@ -53,6 +53,25 @@ def test_method_output_is_what_segment_binarises():
     assert {"flow", "features", "init", "optimise"} <= set(seconds) and "binarize" not in seconds
 
 
+def test_stage_refine_binarises_the_stages_only():
+    """``stage_refine`` sets how the intermediate stages are scored (a cheaper benchmark); the output's masks
+    are binarised with ``refine`` whatever it is."""
+    vid = make_video(frames=6, size=(64, 96), obj_velocity=(3.0, 1.0), bg_velocity=(-1.0, 0.5), seed=2)
+    cfg = RunConfig(flow="dis", refine="fgs", stage_refine="none", method_params={"grid_stride": 4, "opt_stride": 2})
+    seg = VideoSegmenter(cfg)
+    out, _ = seg.method_output(vid.frames)
+    res = seg.segment(vid.frames)
+    as_output = VideoSegmenter(dataclasses.replace(cfg, stage_refine=None))
+    np.testing.assert_array_equal(res.masks, as_output.binarize(vid.frames, out.soft))
+    unrefined = dataclasses.replace(cfg, refine="none")
+    from vosbatch.pipeline import binarize_as_configured
+
+    init = res.stage_masks["init"]
+    np.testing.assert_array_equal(init, binarize_as_configured(unrefined, vid.frames, out.stages["init"]))
+    assert not np.array_equal(init, as_output.binarize(vid.frames, out.stages["init"], stage=True))  # the option acts
+    assert RunConfig(stage_refine="fgs").digest() != RunConfig().digest()  # resume does not mix two scorings
+
+
 def test_method_params_parse_json_values_else_strings():
     from vosbatch.config import parse_method_params
 
@@ -69,12 +88,12 @@ def test_appearance_net_in_the_pipeline_and_the_config_hash():
     assert res.masks.shape == vid.masks.shape and _j(res, vid) > 0.7
     plain, with_net = RunConfig(method_params=params), RunConfig(appearance_net=True, method_params=params)
     assert plain.digest() != with_net.digest()
-    # runs stored before the option (and flow_height) existed keep their hash (resume skips their finished sequences)
+    # runs stored before the option (and flow_height, stage_refine) existed keep their hash (resume skips their finished sequences)
     import hashlib
     import json
 
     legacy = RunConfig(flow_height=0, method_params=params)
-    old = {k: v for k, v in legacy.to_dict().items() if k not in ("appearance_net", "flow_height")}
+    old = {k: v for k, v in legacy.to_dict().items() if k not in ("appearance_net", "flow_height", "stage_refine")}
     assert legacy.digest() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert RunConfig.from_stored(old) == legacy and RunConfig.from_stored(old).digest() != plain.digest()
 
@@ -93,7 +112,8 @@ def test_method_digest_keys_the_soft_masks_not_their_binarisation():
     for post in (dict(refine="crf"), dict(appearance_net=True), dict(appearance_weight=0.0), dict(window_frames=50)):
         assert dataclasses.replace(base, **post).method_digest() == base.method_digest()
     # every field is accounted for: one added to RunConfig must change the key unless it only binarises (or places) the output
-    binarisation_only = {"appearance_weight", "appearance_net", "refine", "window_frames", "window_overlap", "device"}
+    binarisation_only = {"appearance_weight", "appearance_net", "refine", "stage_refine", "window_frames", "window_overlap",
+                         "device"}
     for f in dataclasses.fields(RunConfig):
         value = getattr(base, f.name)
         other = ({"other": 1} if isinstance(value, dict) else not value if isinstance(value, bool)

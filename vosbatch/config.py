@@ -13,7 +13,7 @@ FLOW_RELIABILITY = ("none", "photometric", "photometric+fb")  # RunConfig.flow_r
 # Fields added after runs were first stored, with the value that reproduces those runs: at that value a
 # field is left out of the digest (old runs keep their hash), and a stored run.json without it gets it
 # (a resumed old run goes on as it started, whatever today's default).
-LEGACY_VALUES = {"appearance_net": False, "flow_height": 0}
+LEGACY_VALUES = {"appearance_net": False, "flow_height": 0, "stage_refine": None}
 
 
 @dataclass
@@ -38,6 +38,11 @@ class RunConfig:
     # (better in 18 of 20 videos), globalopt 0.630 / 0.605 -> 0.641 / 0.628, for 0.29 against 0.07 s/frame
     # per binarisation (README's ablation; ~0.45 in the IKE job, README)
     refine: str = "crf"
+    # the refinement that scores a method's intermediate stages (stage_scores: IKE's cycles, globalopt's init) when
+    # there is ground truth; None: ``refine``. The output's masks never change with it. With the CRF an IKE job
+    # binarises six times per frame (the output and five stages, ~0.45 s each on a core); "fgs" scores the stages
+    # with the smoother alone (~6x cheaper per pass on DAVIS cows, IKE's stages J 0.012-0.024 lower on DAVIS val, README)
+    stage_refine: Optional[str] = None
     window_frames: int = 100  # longer videos are segmented in windows of this many frames: memory stays bounded
     window_overlap: int = 16  # frames shared by consecutive windows (the stitch switches at their middle)
     refine_from: Optional[str] = None  # a run or DAVIS-layout PNG folder whose masks the method refines

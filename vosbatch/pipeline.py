@@ -5,6 +5,7 @@ the single-video command uses directly; it knows nothing about clusters, storage
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ class VideoSegmenter:
         out, seconds = self.method_output(frames, prior)
         t0 = time.perf_counter()
         masks = self.binarize(frames, out.soft)
-        stages = {k: self.binarize(frames, v) for k, v in out.stages.items()} if keep_stages else {}
+        stages = {k: self.binarize(frames, v, stage=True) for k, v in out.stages.items()} if keep_stages else {}
         seconds["binarize"] = time.perf_counter() - t0
         return SegmentationResult(masks, out.soft, stages, seconds, dict(out.info))
 
@@ -138,8 +139,12 @@ class VideoSegmenter:
             return cached_flow(self.flow, small, self.flow_cache)
         return cached_flow(self.flow, resize_frames(frames, fh, fw), self.flow_cache).resized(h, w)
 
-    def binarize(self, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
-        return binarize_as_configured(self.cfg, frames, soft)
+    def binarize(self, frames: np.ndarray, soft: np.ndarray, stage: bool = False) -> np.ndarray:
+        """The output's binarisation, or with ``stage`` an intermediate stage's (``cfg.stage_refine``)."""
+        cfg = self.cfg
+        if stage and cfg.stage_refine not in (None, cfg.refine):
+            cfg = dataclasses.replace(cfg, refine=cfg.stage_refine)
+        return binarize_as_configured(cfg, frames, soft)
 
     def _feature_grid(self, work_hw) -> Optional[tuple[int, int]]:
         """Methods that consume appearance features say on which grid (``fn.feature_grid``)."""
