@@ -41,7 +41,8 @@ class RunConfig:
     # the refinement that scores a method's intermediate stages (stage_scores: IKE's cycles, globalopt's init) when
     # there is ground truth; None: ``refine``. The output's masks never change with it. With the CRF an IKE job
     # binarises six times per frame (the output and five stages, ~0.45 s each on a core); "fgs" scores the stages
-    # with the smoother alone (~6x cheaper per pass on DAVIS cows, IKE's stages J 0.012-0.024 lower on DAVIS val, README)
+    # with the smoother alone: binarisation 0.8-0.9 against 3.0-3.7 s/frame per worker (DAVIS car-shadow, libby), the
+    # stages' J 0.012-0.024 lower (DAVIS val, README)
     stage_refine: Optional[str] = None
     window_frames: int = 100  # longer videos are segmented in windows of this many frames: memory stays bounded
     window_overlap: int = 16  # frames shared by consecutive windows (the stitch switches at their middle)
