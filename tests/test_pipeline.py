@@ -7,7 +7,7 @@ import pytest
 
 from vosbatch.config import RunConfig
 from vosbatch.metrics import jaccard
-from vosbatch.pipeline import VideoSegmenter
+from vosbatch.pipeline import VideoSegmenter, binarize_as_configured
 from vosbatch.testing.synthetic import make_video
 
 RAFT_SMALL = Path(__file__).resolve().parents[2] / "shared/models/raft-small.pth"
@@ -64,8 +64,6 @@ def test_stage_refine_binarises_the_stages_only():
     as_output = VideoSegmenter(dataclasses.replace(cfg, stage_refine=None))
     np.testing.assert_array_equal(res.masks, as_output.binarize(vid.frames, out.soft))
     unrefined = dataclasses.replace(cfg, refine="none")
-    from vosbatch.pipeline import binarize_as_configured
-
     init = res.stage_masks["init"]
     np.testing.assert_array_equal(init, binarize_as_configured(unrefined, vid.frames, out.stages["init"]))
     assert not np.array_equal(init, as_output.binarize(vid.frames, out.stages["init"], stage=True))  # the option acts
