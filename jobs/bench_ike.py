@@ -49,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--sequences", default=None, help="comma-separated (default: the whole val split)")
-    ap.add_argument("--flow", default="dis")
+    ap.add_argument("--flow", default="dis-fine")
     ap.add_argument("--flow-weights", default=None)
     ap.add_argument("--flow-cache", default=None)
     ap.add_argument("--work-height", type=int, default=240)

@@ -40,7 +40,7 @@ def main() -> int:
     ap.add_argument("--seq", default="blackswan")
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--features", default="dino-vits16")
-    ap.add_argument("--flow", default="dis")
+    ap.add_argument("--flow", default="dis-fine")
     args = ap.parse_args()
 
     frames = load_clip(args.seq, args.frames)

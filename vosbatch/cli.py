@@ -79,7 +79,7 @@ def _dataset_choices() -> List[str]:
               help="Instead of a dataset: a video file, a folder of frames or videos, a manifest (.csv/.parquet "
                    "with a path column) or an s3:// prefix (repeatable).")
 @click.option("--method", default="globalopt", show_default=True, help="globalopt or ike.")
-@click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fine, dis-fast, raft-small, raft.")
+@click.option("--flow", default="dis-fine", show_default=True, help="Flow backend: dis-fine, dis, dis-fast, raft-small, raft.")
 @click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
 @click.option("--flow-iters", default=12, show_default=True, help="Refinement iterations of RAFT.")
 @_flow_height_option
@@ -276,7 +276,7 @@ def report(run, out, compare, data_root, sequences, curves, video_format, fps, w
 @click.option("--max-height", default=480, show_default=True,
               help="Downscale taller input to this height first; masks are written at this size (0: keep).")
 @click.option("--work-height", default=240, show_default=True, help="Processing height in pixels.")
-@click.option("--flow", default="dis", show_default=True, help="Flow backend: dis, dis-fine, dis-fast, raft-small, raft.")
+@click.option("--flow", default="dis-fine", show_default=True, help="Flow backend: dis-fine, dis, dis-fast, raft-small, raft.")
 @click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
 @_flow_height_option
 @click.option("--method", default="globalopt", show_default=True, help="globalopt or ike.")
