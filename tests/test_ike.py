@@ -8,7 +8,7 @@ import torch
 from vosbatch.flow.base import BidirectionalFlow
 from vosbatch.methods import MethodInput, get_method
 from vosbatch.methods.ike import IkeConfig, stage_names
-from vosbatch.methods.ike.method import _motion_maps
+from vosbatch.methods.ike.method import _motion_maps, stage_probabilities
 from vosbatch.methods.ike.graph import (
     ChainWarper,
     FeatureProjection,
@@ -183,6 +183,34 @@ def test_net_training_is_deterministic_and_learns():
     assert _iou(a, vid.masks) > 0.6  # appearance alone separates the textured object
 
 
+def test_net_keeps_a_weak_object_part_when_taught_probabilities():
+    """Soft Dice pushes a prediction down wherever its target is below Dice/2. Taught the graph's raw
+    score, an object part the graph scores weakly (0.3, above the cut 0.2: a cow's head) is background to
+    the Dice term and object to the cross-entropy; where the background shares the part's colour the
+    Dice term wins and the net drops the part. Taught the stage's probabilities (``net_labels``, the
+    default: above the cut is > 0.5) both terms agree and the part stays."""
+    vid = make_video(frames=6, size=(32, 48), obj_size=(7, 10), seed=5)
+    frames = vid.frames.copy()
+    rng = np.random.default_rng(0)
+    xs, ys = np.arange(48)[None, None, :], np.arange(32)[None, :, None]
+    centre_x = np.array([np.nonzero(m)[1].mean() for m in vid.masks])[:, None, None]
+    weak = vid.masks & (xs > centre_x)  # the object's right half
+    decoy = ~vid.masks & (ys > 16)  # the lower background, in the same colour
+    for region in (weak, decoy):
+        frames[region] = np.clip([40, 60, 220] + 20 * rng.standard_normal((region.sum(), 3)), 0, 255).astype(np.uint8)
+    score = np.where(vid.masks, np.where(weak, 0.3, 1.0), 0.0).astype(np.float32)
+    cut = 0.2
+    x = torch.from_numpy(frames.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+    cfg = NetConfig(width=8, steps=60, batch=3, lr=1e-2)
+    prob = stage_probabilities(score, cut, IkeConfig())
+    assert np.array_equal(prob > 0.5, score > cut)  # the same hard labels for the cross-entropy
+    by_score, _ = train_and_predict(x, torch.from_numpy(score)[:, None], cut, cfg, seed=1, device=torch.device("cpu"))
+    by_prob, _ = train_and_predict(x, torch.from_numpy(prob)[:, None], 0.5, cfg, seed=1, device=torch.device("cpu"))
+    assert np.median(by_prob[weak]) > 0.9 and np.median(by_prob[vid.masks & ~weak]) > 0.9
+    assert np.quantile(by_prob[~vid.masks], 0.9) < 0.1
+    assert np.median(by_score[weak]) < np.median(by_prob[weak]) - 0.3
+
+
 def test_cycles_keep_or_improve_and_log_stages():
     vid = make_video(frames=10, size=(48, 64), obj_size=(9, 12), obj_velocity=(2.0, 1.0), bg_velocity=(-1.0, 0.5), seed=7)
     out = _run(vid, cycles=2, graph_stride=1, chain_length=6, feature_window=2, net_steps=60, final="graph")
@@ -271,7 +299,7 @@ def test_final_output_choice():
         _run(vid, final="last", **kw)
 
 
-@pytest.mark.parametrize("name", ["final", "epipolar_fallback", "normalise", "motion", "encoding"])
+@pytest.mark.parametrize("name", ["final", "epipolar_fallback", "normalise", "motion", "encoding", "net_labels", "mask_features"])
 def test_unknown_choices_are_refused_when_configured(name):
     """A misspelt choice fails when the job is configured (the CLI checks the config before it starts),
     not silently falls into another branch or fails on the first video."""

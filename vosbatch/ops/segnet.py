@@ -131,7 +131,10 @@ def train_and_predict(
 ) -> tuple[np.ndarray, dict]:
     """Train a fresh SegNet on (T,C,h,w) inputs against (T,1,h,w) soft labels; predict every frame.
 
-    Binary labels are ``soft > threshold`` (the video's own K-means cut). Deterministic for a seed:
+    Binary labels are ``soft > threshold`` (the video's own K-means cut). The soft labels should be
+    probabilities (above the threshold > 0.5): soft Dice lowers p wherever its target is below Dice/2, so
+    a weak score above the threshold is taught as background by one term and as object by the other
+    (IKE's ``net_labels``). Deterministic for a seed:
     its own generator for weights and batches, the global RNG state untouched.
     """
     device = device or pick_device()
