@@ -82,8 +82,8 @@ class IkeConfig:
     # output J / F through the pipeline: score 0.712 / 0.677, probability 0.715 / 0.681 (better in 12, worse in 6)
     net_labels: str = "probability"
     # the masks later graph cycles collect as node features (the last graph and net stage, above their cut): the raw
-    # "score" or the stage's "probability". Probabilities keep weak parts too, but also an early stage's errors: on
-    # 9 DAVIS val videos (with net_labels probability) output J 0.733 -> 0.717, goat 0.76 -> 0.59 (its rocks)
+    # "score" or the stage's "probability". Probabilities keep weak parts too, but also an early stage's errors: DAVIS
+    # val (as net_labels above, both probability) output J / F 0.706 / 0.671, goat 0.77 -> 0.59 (its rocks)
     mask_features: str = "score"
     later_motion: bool = True  # cycles >= 2 keep the motion features (paper) besides the masks
     warm_start: bool = True  # cycles >= 2 start the power iteration from the mean of the net's and the last graph's masks
