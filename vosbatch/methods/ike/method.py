@@ -79,11 +79,11 @@ class IkeConfig:
     # its raw "score" (the scaled eigenvector). Soft Dice pushes p down wherever y < Dice/2, so a score's weak object
     # parts above the cut (a cow's head at 0.3) were taught as background against the CE term's hard labels, and
     # each net shrank its labels (DAVIS val: net1's mask 9 % smaller than graph1's). DAVIS val, 20 videos, dis-fine,
-    # output J / F through the pipeline: score 0.712 / 0.677, probability 0.715 / 0.681 (better in 12, worse in 6)
+    # output J / F through the pipeline: score 0.712 / 0.677, probability 0.714 / 0.681 (better in 12, worse in 6)
     net_labels: str = "probability"
     # the masks later graph cycles collect as node features (the last graph and net stage, above their cut): the raw
     # "score" or the stage's "probability". Probabilities keep weak parts too, but also an early stage's errors: DAVIS
-    # val (as net_labels above, both probability) output J / F 0.706 / 0.671, goat 0.77 -> 0.59 (its rocks)
+    # val (as net_labels above, both probability) output J / F 0.705 / 0.670, goat 0.77 -> 0.59 (its rocks)
     mask_features: str = "score"
     later_motion: bool = True  # cycles >= 2 keep the motion features (paper) besides the masks
     warm_start: bool = True  # cycles >= 2 start the power iteration from the mean of the net's and the last graph's masks
