@@ -266,11 +266,11 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
         info[f"seconds_net{cycle}"] = time.perf_counter() - t0
         # later cycles: the graph sees its own previous output and the network's masks along chains
         extra = extra[:1] if inp.prior is not None else []
-        if cfg.mask_features == "probability":
-            extra += [(_above_cut(stages[f"graph{cycle}"], 0.5), torch.ones(1)),
-                      (_above_cut(stages[f"net{cycle}"], 0.5), torch.ones(1))]
+        if cfg.mask_features == "probability":  # the stages as output: their cut is 0.5
+            masks = [(stages[f"graph{cycle}"], 0.5), (stages[f"net{cycle}"], 0.5)]
         else:
-            extra += [(_above_cut(soft, cut), torch.ones(1)), (_above_cut(pred, pred_cut), torch.ones(1))]
+            masks = [(soft, cut), (pred, pred_cut)]
+        extra += [(_above_cut(m, c), torch.ones(1)) for m, c in masks]
     soft = stages[f"graph{cfg.cycles}"]
     if cfg.cycles > 1 and cfg.final != "graph":
         net = stages[f"net{cfg.cycles - 1}"]
