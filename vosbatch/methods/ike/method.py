@@ -64,7 +64,10 @@ class IkeConfig:
     # says only what F adds) or "homography" (its residual: a second near-flat noise channel beside the saliency
     # where nothing moves on its own, which spoiled refinement from another method's masks)
     epipolar_fallback: str = "none"
-    cycles: int = 3  # graph cycles (a network is trained between consecutive ones)
+    # graph cycles (a network is trained between consecutive ones). Each cycle shrinks the mask a little more: a 4th
+    # (DAVIS val, dis-fine, output J through the pipeline, stopped after 9 videos) read 0.727 against 0.733 on them,
+    # worse in 7 (dance-twirl -0.024, camel -0.021: lost parts), better in 2 (blackswan +0.024, goat +0.010: extra area)
+    cycles: int = 3
     net_width: int = 8  # channels of the network's first stage (x2, x4 below)
     # The net trains on whole frames (net_crop 0), 300 AdamW steps of 2 frames: with 80-px crops (150 steps of 4) it
     # scored below its own labels. DAVIS val, 20 videos, DIS at 480 px, J / F: raw net1 0.572 -> 0.596 (graph1, its
