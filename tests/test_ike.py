@@ -187,8 +187,9 @@ def test_net_keeps_a_weak_object_part_when_taught_probabilities():
     """Soft Dice pushes a prediction down wherever its target is below Dice/2. Taught the graph's raw
     score, an object part the graph scores weakly (0.3, above the cut 0.2: a cow's head) is background to
     the Dice term and object to the cross-entropy; where the background shares the part's colour the
-    Dice term can win and the net drops the part (in some training seeds, so the test averages five). Taught the stage's probabilities (``net_labels``, the
-    default: above the cut is > 0.5) both terms agree and the part stays."""
+    Dice term can win and the net drops the part (in some training seeds only, hence five seeds). Taught
+    the stage's probabilities (``net_labels``, the default: above the cut is > 0.5) both terms agree and
+    the part stays."""
     vid = make_video(frames=6, size=(32, 48), obj_size=(7, 10), seed=5)
     frames = vid.frames.copy()
     rng = np.random.default_rng(0)
@@ -204,8 +205,7 @@ def test_net_keeps_a_weak_object_part_when_taught_probabilities():
     cfg = NetConfig(width=8, steps=60, batch=3, lr=1e-2)
     prob = stage_probabilities(score, cut, IkeConfig())
     assert np.array_equal(prob > 0.5, score > cut)  # the same hard labels for the cross-entropy
-    # over five seeds: one seed alone decides too little (session 26: seed 1 on another CPU left the strong half at
-    # 0.83, and the score-taught net drops the part in some seeds only: weak-part medians 0.30-0.97)
+    # one seed decides too little: with seed 1 alone one CPU left the strong half at 0.83 (README, session 26)
     weak_by_score, weak_by_prob = [], []
     for seed in range(1, 6):
         by_score, _ = train_and_predict(x, torch.from_numpy(score)[:, None], cut, cfg, seed=seed, device=torch.device("cpu"))
