@@ -43,7 +43,7 @@ class IkeConfig:
     chain_sigma: float = 4.0
     # q: features are collected over 2q+1 frames along the chain, weighted by a Gaussian of σ = feature_sigma in
     # their offset k (0: all offsets weigh 1): a far offset describes the chain's pixel after more warps, as a far
-    # edge joins weaker in M. DAVIS val, 20 videos, dis-fine, output J / F through the pipeline, seed 0 / seed 1:
+    # edge joins weaker in M. DAVIS val, 20 videos, dis-fine, output J through the pipeline at seed 0 / seed 1:
     # q = 3 unweighted 0.7156 / 0.6825, q = 7 σ = 4 0.7214 / 0.6923 (better in 7 and 8 of 20, carried by
     # motocross-jump +0.10, drift-chicane +0.06; libby -0.02); q = 7 unweighted 0.7060 (libby -0.32), q = 5 0.7187
     feature_window: int = 7
