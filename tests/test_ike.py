@@ -15,7 +15,7 @@ from vosbatch.methods.ike.graph import (
     along_chain,
     chain_weights,
     leading_eigenvector,
-    offset_weights,
+    feature_weights,
     propagate,
 )
 from vosbatch.ops.segnet import NetConfig, train_and_predict
@@ -134,18 +134,19 @@ def test_along_chain_collects_values_at_chain_positions():
         assert torch.allclose(centre[j], torch.full_like(centre[j], 2.0 + k), atol=1e-4)
 
 
-def test_offset_weights_follow_along_chains_column_order():
-    """Each feature column gets g(k) of the offset k along the chain that along_chain stored in it (channels
-    of one offset side by side), and σ = 0 weighs every column 1."""
+def test_feature_weights_follow_along_chains_column_order():
+    """Each feature column gets its channel's weight times g(k) of the offset k along the chain that
+    along_chain stored in it (channels of one offset side by side), and σ = 0 leaves the channel weights."""
     vid = make_video(frames=5, size=(24, 32), obj_size=(5, 7), obj_velocity=(2.0, 1.0), bg_velocity=(1.0, 0.0))
     warper = ChainWarper(vid.forward, vid.backward)
     t_idx = torch.arange(5, dtype=torch.float32)[:, None, None, None].expand(5, 1, 24, 32)
     feats = along_chain(torch.cat([t_idx, torch.ones_like(t_idx)], 1), warper, 2)  # 2 channels per offset
     offset = (feats[2, 0::2, 12, 12] - 2).round()  # the frame found minus the chain's own frame
     assert offset.tolist() == [-2, -1, 0, 1, 2]
-    expected = torch.exp(-offset ** 2 / (2 * 1.5 ** 2)).repeat_interleave(2)
-    assert torch.allclose(offset_weights(2, 1.5, 2), expected, atol=1e-6)
-    assert torch.equal(offset_weights(2, 0.0, 2), torch.ones(10))
+    channel = torch.tensor([1.0, 3.0])
+    expected = torch.exp(-offset ** 2 / (2 * 1.5 ** 2)).repeat_interleave(2) * channel.repeat(5)
+    assert torch.allclose(feature_weights(channel, 2, 1.5), expected, atol=1e-6)
+    assert torch.equal(feature_weights(channel, 2, 0.0), channel.repeat(5))
 
 
 def _run(vid, flow=None, prior=None, **params):

@@ -132,12 +132,14 @@ def along_chain(maps: torch.Tensor, warper: ChainWarper, q: int) -> torch.Tensor
     return out
 
 
-def offset_weights(q: int, sigma: float, channels: int) -> torch.Tensor:
-    """Column weights for :func:`along_chain`'s features (offsets -q..q, ``channels`` columns each): g(|k|) of
-    :func:`chain_weights` with σ = ``sigma``, or 1 everywhere when ``sigma`` is 0. A far offset's map was warped
-    more times (its error grows with k), as a far chain edge joins more weakly in M."""
+def feature_weights(channel_weights: torch.Tensor, q: int, sigma: float) -> torch.Tensor:
+    """Column weights for :func:`along_chain`'s features (offsets -q..q, the channels of one offset side by
+    side): each channel's weight times g(|k|) of :func:`chain_weights` with σ = ``sigma`` (1 when ``sigma`` is
+    0). A far offset's map was warped more times (its error grows with k), as a far chain edge joins more
+    weakly in M."""
     g = chain_weights(q, sigma) if sigma > 0 else [1.0] * (q + 1)
-    return torch.tensor([g[abs(k)] for k in range(-q, q + 1)], dtype=torch.float32).repeat_interleave(channels)
+    by_offset = torch.tensor([g[abs(k)] for k in range(-q, q + 1)], dtype=torch.float32)
+    return (by_offset[:, None] * channel_weights.float()[None, :]).reshape(-1)
 
 
 class FeatureProjection:

@@ -28,8 +28,7 @@ from ...postprocess.binarize import centre_at_cut, kmeans_threshold
 from ..base import MethodInput, MethodOutput, register_method
 from ...ops.segnet import NetConfig, frame_inputs, train_and_predict
 from ...ops.grid import area_to_grid
-from .graph import (ChainWarper, FeatureProjection, along_chain, grid_flow, leading_eigenvector,
-                    offset_weights)
+from .graph import ChainWarper, FeatureProjection, along_chain, feature_weights, grid_flow, leading_eigenvector
 
 
 @dataclass
@@ -225,8 +224,7 @@ def graph_cycle(warper: ChainWarper, parts: List[Tuple[torch.Tensor, torch.Tenso
     # Features have unit RMS, so FᵀF has N (the node count, ~10⁶) on its diagonal: the official α = 100
     # regularises nothing at this scale. α = ridge·N is the same shrinkage whatever the video's size.
     alpha = cfg.ridge * (feats.shape[0] * feats.shape[2] * feats.shape[3] if cfg.ridge_per_node else 1)
-    proj = FeatureProjection(feats, alpha, weights.repeat(2 * cfg.feature_window + 1)
-                             * offset_weights(cfg.feature_window, cfg.feature_sigma, len(weights)))
+    proj = FeatureProjection(feats, alpha, feature_weights(weights, cfg.feature_window, cfg.feature_sigma))
     del feats
     res = leading_eigenvector(warper, proj, cfg.chain_length, cfg.chain_sigma, cfg.power_max_iter, cfg.power_tol,
                               seed=seed, start=start, symmetric=cfg.symmetric)
