@@ -321,7 +321,8 @@ def test_final_output_choice():
         _run(vid, final="last", **kw)
 
 
-@pytest.mark.parametrize("name", ["final", "epipolar_fallback", "normalise", "motion", "encoding", "net_labels", "mask_features"])
+@pytest.mark.parametrize("name", ["final", "epipolar_fallback", "normalise", "motion", "encoding", "net_labels", "mask_features",
+                                  "background_layers"])
 def test_unknown_choices_are_refused_when_configured(name):
     """A misspelt choice fails when the job is configured (the CLI checks the config before it starts),
     not silently falls into another branch or fails on the first video."""

@@ -5,7 +5,7 @@ import numpy as np
 
 from vosbatch.flow.base import BidirectionalFlow
 from vosbatch.methods import MethodInput, get_method
-from vosbatch.ops.motion import independent_motion, residual_flow
+from vosbatch.ops.motion import background_layers, independent_motion, residual_flow
 
 
 def _translating_camera(depth: np.ndarray, square=(slice(12, 22), slice(30, 40)), object_motion=(0.0, 3.0)):
@@ -53,12 +53,39 @@ def test_flow_noise_on_a_planar_background_is_not_taken_for_depth():
         assert np.isnan(independent_motion(flow, fallback="none", seed=seed)).all()
 
 
-def _parallax_video(frames=10, size=(48, 64), seed=0):
-    """A camera translating over a far background and near rocks (bottom 40%, parallax: 4 px/frame
-    against the background's 1), and a small object moving on its own (down, 1.5 px/frame)."""
+def test_two_layer_residual_removes_both_depth_layers_whichever_ransac_fits_first():
+    """Near rocks and a far hillside, nearly equal in the border sample: one homography fits either layer
+    depending on the sample, and leaves the other's parallax as "motion"; with the second layer neither
+    static layer moves, at any seed, while the square moving across its epipolar lines still does."""
+    h, w = 60, 80
+    ys = np.mgrid[0:h, 0:w][0]
+    flow = _translating_camera(np.where(ys >= 30, 2.0, 10.0))
+    square = (0, slice(12, 22), slice(30, 40))
+    fitted_layers = set()
+    for seed in range(4):
+        one = np.linalg.norm(residual_flow(flow, seed=seed), axis=-1)
+        fitted_layers.add(bool(one[0, 50:].mean() < 0.05))  # which layer the single homography took
+        assert max(one[0, :8].mean(), one[0, 50:].mean()) > 10.0  # the other layer's parallax stays
+        two = np.linalg.norm(residual_flow(flow, layers=2, seed=seed), axis=-1)
+        assert two[0, :8].max() < 0.05 and two[0, 50:].max() < 0.05
+        assert two[square].min() > 1.5
+    assert fitted_layers == {True, False}  # the flip this guards against happens on this scene
+    assert len(background_layers(flow[0])) == 2
+
+
+def test_second_layer_is_not_fitted_to_an_object_on_a_planar_background():
+    """A planar background (GRIC keeps H) has no second static layer, however big the moving object."""
+    flow = _translating_camera(np.full((60, 80), 5.0), square=(slice(5, 55), slice(10, 70)))
+    assert len(background_layers(flow[0])) == 1
+    np.testing.assert_array_equal(residual_flow(flow, layers=2), residual_flow(flow))
+
+
+def _parallax_video(frames=10, size=(48, 64), seed=0, near_motion=4.0):
+    """A camera translating over a far background and near rocks (bottom 40%, parallax: ``near_motion``
+    px/frame against the background's 1), and a small object moving on its own (down, 1.5 px/frame)."""
     h, w = size
     ys, xs = np.mgrid[0:h, 0:w]
-    camera = np.where(ys >= 0.6 * h, 4.0, 1.0)
+    camera = np.where(ys >= 0.6 * h, near_motion, 1.0)
     masks = np.stack([(np.abs(ys - (8 + 1.5 * t)) <= 4) & (np.abs(xs - 32) <= 5) for t in range(frames)])
     fwd = np.zeros((frames - 1, h, w, 2), np.float32)
     fwd[..., 0] = camera
@@ -81,3 +108,16 @@ def test_ike_epipolar_feature_finds_the_object_where_parallax_dominates_the_resi
     # the homography's residual: parts of the static scene move as much as the object, and are taken for it
     assert iou(plain) < 0.3 and (plain & ~masks).sum() > masks.sum()
     assert iou(fn(inp, cls(epipolar=True, **kw)).soft) > 0.7
+
+
+def test_ike_two_layer_background_finds_the_object_without_the_epipolar_feature():
+    """The same scene through the motion channels alone: with the near rocks as a second background layer
+    their parallax no longer competes with the object, which the single homography's residual lost. (At
+    4 px/frame one homography bends across both layers, leaving neither 2 px off it: no second layer.)"""
+    inp, masks = _parallax_video(near_motion=8.0)
+    fn, cls = get_method("ike")
+    kw = dict(cycles=1, graph_stride=1, chain_length=6, feature_window=2, epipolar=False)
+    pred = fn(inp, cls(background_layers=2, **kw)).soft > 0.5
+    assert (pred & masks).sum() / (pred | masks).sum() > 0.7
+    plain = fn(inp, cls(background_layers=1, **kw)).soft > 0.5
+    assert (plain & masks).sum() / (plain | masks).sum() < 0.3

@@ -65,12 +65,26 @@ def _homography_residual(flow: np.ndarray, H: np.ndarray, grid: np.ndarray) -> n
     return flow - (moved - grid)
 
 
-def residual_flow(flow: np.ndarray, **kwargs) -> np.ndarray:
-    """Flow (N,H,W,2) minus each field's background homography motion."""
+def residual_flow(flow: np.ndarray, layers: int = 1, samples: int = 1500, threshold: float = 1.0,
+                  seed: int = 0) -> np.ndarray:
+    """Flow (N,H,W,2) minus each field's background motion.
+
+    ``layers=1``: the background homography's motion. ``layers=2``: where the background has depth
+    (:func:`background_layers`), each pixel's flow minus the nearer of the two layers' motions, so the
+    parallax of a second static depth layer is not taken for motion, whichever layer RANSAC fits first.
+    """
+    if layers not in (1, 2):
+        raise ValueError(f"residual_flow layers={layers!r}: choose 1 or 2")
     out = np.empty_like(flow, dtype=np.float32)
     grid = _pixel_grid(*flow.shape[1:3])
     for i, f in enumerate(flow):
-        out[i] = _homography_residual(f, background_homography(f, **kwargs), grid)
+        rng = np.random.default_rng(seed)
+        if layers == 1:
+            out[i] = _homography_residual(f, background_homography(f, samples, threshold, seed), grid)
+            continue
+        res = [_homography_residual(f, H, grid) for H in background_layers(f, samples, threshold, rng)]
+        out[i] = res[0] if len(res) == 1 else np.where(
+            (np.linalg.norm(res[1], axis=-1) < np.linalg.norm(res[0], axis=-1))[..., None], res[1], res[0])
     return out
 
 
@@ -90,12 +104,13 @@ def per_frame_motion(forward_residual: np.ndarray, backward_residual: np.ndarray
 
 
 def frame_motion(forward: np.ndarray, backward: np.ndarray, reliable_forward: Optional[np.ndarray] = None,
-                 reliable_backward: Optional[np.ndarray] = None, residual: bool = True, seed: int = 0):
+                 reliable_backward: Optional[np.ndarray] = None, residual: bool = True, seed: int = 0,
+                 layers: int = 1):
     """Object motion attached to frames, as :func:`per_frame_motion`: the flow minus the camera's
     (``residual``), NaN where it is missing: no next/previous frame, or flow that the run's
     flow-quality masks mark unreliable (a wrong vector is unknown motion, not zero motion)."""
     if residual:
-        forward, backward = residual_flow(forward, seed=seed), residual_flow(backward, seed=seed)
+        forward, backward = (residual_flow(f, layers=layers, seed=seed) for f in (forward, backward))
     if reliable_forward is not None:
         forward = np.where(reliable_forward[..., None], forward, np.nan)
         backward = np.where(reliable_backward[..., None], backward, np.nan)
@@ -153,15 +168,53 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
         src, dst, (sy, sx) = _background_pairs(f, samples, rng)
         H = _fit_homography(src, dst, threshold)
         out[i] = np.linalg.norm(_homography_residual(f, H, grid), axis=-1) if fallback == "homography" else np.nan
-        h_err_sample = np.linalg.norm(dst - cv2.perspectiveTransform(src[:, None], H)[:, 0], axis=-1)
-        F, _ = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 500)
-        if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
-            continue  # no fit (degenerate sample): the fallback
-        p_sample = p[sy, sx]
-        q_sample = np.concatenate([p_sample[:, :2] + f[sy, sx], p_sample[:, 2:]], -1)
-        f_err_sample = _epipolar_line_distance(F, p_sample, q_sample)  # the model choice needs the sample only
-        # the flow's noise σ, robustly from the general model's residuals on the sample (MAD), unless given
-        noise = sigma if sigma is not None else max(0.05, 1.4826 * float(np.median(f_err_sample)))
-        if _gric(f_err_sample ** 2, noise, 3, 7) < _gric(h_err_sample ** 2, noise, 2, 8):
+        F, _ = _epipolar_model(f, src, dst, (sy, sx), H, threshold, sigma)
+        if F is not None:
             out[i] = _epipolar_line_distance(F, p, np.concatenate([p[..., :2] + f, p[..., 2:]], -1))
     return out
+
+
+def _epipolar_model(f: np.ndarray, src: np.ndarray, dst: np.ndarray, sample, H: np.ndarray, threshold: float,
+                    sigma: Optional[float] = None):
+    """The background's fundamental matrix F where GRIC (Torr 1998) says F explains the background sample
+    better than the homography H (the background has depth), else None; and the sample's distances from
+    their epipolar lines (None without F)."""
+    F, _ = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 500)
+    if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
+        return None, None  # no fit (degenerate sample)
+    sy, sx = sample
+    p_sample = np.concatenate([src, np.ones((len(src), 1), np.float32)], -1).astype(np.float64)
+    q_sample = np.concatenate([p_sample[:, :2] + f[sy, sx], p_sample[:, 2:]], -1)
+    f_err = _epipolar_line_distance(F, p_sample, q_sample)  # the model choice needs the sample only
+    h_err = np.linalg.norm(dst - cv2.perspectiveTransform(src[:, None], H)[:, 0], axis=-1)
+    # the flow's noise σ, robustly from the general model's residuals on the sample (MAD), unless given
+    noise = sigma if sigma is not None else max(0.05, 1.4826 * float(np.median(f_err)))
+    if _gric(f_err ** 2, noise, 3, 7) < _gric(h_err ** 2, noise, 2, 8):
+        return F, f_err
+    return None, None
+
+
+def background_layers(flow: np.ndarray, samples: int = 1500, threshold: float = 1.0,
+                      rng: Optional[np.random.Generator] = None, min_share: float = 0.1) -> list:
+    """The background's homographies, one per static depth layer: [H] or [H, H2].
+
+    A homography is one plane of the scene. When the background has depth (GRIC prefers F), a second
+    layer (near rocks before a far hillside) moves against H, and which of the two RANSAC fits first
+    depends on its sample, so the parallax left in the residual, and what a method segments, flip with
+    the seed. H2 is fitted to the sample points that H leaves out but F keeps (static, since they
+    satisfy the epipolar constraint: an object moving on its own does not, unless it moves along its
+    epipolar lines), when they are at least ``min_share`` of the sample."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    src, dst, sample = _background_pairs(flow, samples, rng)
+    H = _fit_homography(src, dst, threshold)
+    F, f_err = _epipolar_model(flow, src, dst, sample, H, threshold)
+    if F is None:
+        return [H]
+    h_err = np.linalg.norm(dst - cv2.perspectiveTransform(src[:, None], H)[:, 0], axis=-1)
+    second = (h_err > 2 * threshold) & (f_err < threshold)
+    if second.sum() < max(8, min_share * len(src)):
+        return [H]
+    H2, inl = cv2.findHomography(src[second], dst[second], cv2.RANSAC, threshold, maxIters=500, confidence=0.995)
+    if H2 is None or not np.all(np.isfinite(H2)) or inl is None or inl.sum() < max(8, min_share * len(src)):
+        return [H]
+    return [H, H2]

@@ -54,6 +54,7 @@ class IkeConfig:
     symmetric: bool = True  # add the sending (adjoint) chains so M is exactly symmetric
     normalise: str = "frame"  # eigenvector -> [0,1]: "frame" (per-frame scale) or "video" (one scale)
     motion: str = "residual"  # motion features: "residual" (camera-compensated) or "raw" flow
+    background_layers: int = 1  # static depth layers the residual removes (ops.motion.residual_flow)
     encoding: str = "linear"  # "linear": motion (x,y) and saliency; "levels": soft "moves more than τ× noise" indicators
     levels: tuple = (2.0, 4.0, 8.0)  # τ of the "levels" encoding, in units of the frame's residual noise
     # add each pixel's distance from the background's two-view geometry (ops.motion.independent_motion) to the
@@ -121,6 +122,8 @@ class IkeConfig:
                               ("net_labels", ("score", "probability")), ("mask_features", ("score", "probability"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"IKE {name}={getattr(self, name)!r}: choose {', '.join(allowed)}")
+        if self.background_layers not in (1, 2):
+            raise ValueError(f"IKE background_layers={self.background_layers!r}: choose 1 or 2")
 
 
 def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> Tuple[np.ndarray, torch.Tensor]:
@@ -128,7 +131,7 @@ def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> Tuple[np.ndarray, torch.Te
     distance from the background's two-view geometry (linear encoding), and the saliency (always last);
     and each channel's weight as a node feature (C,), built with the channels so that the two agree."""
     nxt, prv = frame_motion(inp.flow.forward, inp.flow.backward, inp.reliable_forward, inp.reliable_backward,
-                            residual=cfg.motion == "residual", seed=cfg.seed)
+                            residual=cfg.motion == "residual", seed=cfg.seed, layers=cfg.background_layers)
     sal = np.nan_to_num(motion_saliency(nxt, prv))  # 0 where neither direction is known
     nxt = np.where(np.isnan(nxt), -np.nan_to_num(prv), nxt)  # first/last frame, unreliable: the other direction
     prv = np.where(np.isnan(prv), -np.nan_to_num(nxt), prv)
