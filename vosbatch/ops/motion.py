@@ -2,7 +2,9 @@
 
 Camera motion dominates raw flow, so the flow of the background is modelled by a homography
 fitted with RANSAC to each flow field (a plane-induced motion: exact for rotation/zoom and a fair
-approximation for distant scenes), and the *residual* flow is what moves on its own.
+approximation for distant scenes), and the *residual* flow is what moves on its own. Where the
+background has depth, a second homography models a second static layer (:func:`background_layers`),
+and :func:`independent_motion` measures each pixel against the camera's epipolar geometry.
 """
 from __future__ import annotations
 
@@ -48,12 +50,6 @@ def _fit_homography(src: np.ndarray, dst: np.ndarray, threshold: float) -> np.nd
     return H
 
 
-def background_homography(flow: np.ndarray, samples: int = 1500, threshold: float = 1.0, seed: int = 0) -> np.ndarray:
-    """RANSAC homography mapping p -> p + flow(p) for the dominant (background) motion."""
-    src, dst, _ = _background_pairs(flow, samples, np.random.default_rng(seed))
-    return _fit_homography(src, dst, threshold)
-
-
 def _pixel_grid(h: int, w: int) -> np.ndarray:
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     return np.stack([xs, ys], -1)
@@ -78,11 +74,8 @@ def residual_flow(flow: np.ndarray, layers: int = 1, samples: int = 1500, thresh
     out = np.empty_like(flow, dtype=np.float32)
     grid = _pixel_grid(*flow.shape[1:3])
     for i, f in enumerate(flow):
-        rng = np.random.default_rng(seed)
-        if layers == 1:
-            out[i] = _homography_residual(f, background_homography(f, samples, threshold, seed), grid)
-            continue
-        res = [_homography_residual(f, H, grid) for H in background_layers(f, samples, threshold, rng)]
+        homographies = background_layers(f, samples, threshold, np.random.default_rng(seed), max_layers=layers)
+        res = [_homography_residual(f, H, grid) for H in homographies]
         out[i] = res[0] if len(res) == 1 else np.where(
             (np.linalg.norm(res[1], axis=-1) < np.linalg.norm(res[0], axis=-1))[..., None], res[1], res[0])
     return out
@@ -195,8 +188,10 @@ def _epipolar_model(f: np.ndarray, src: np.ndarray, dst: np.ndarray, sample, H: 
 
 
 def background_layers(flow: np.ndarray, samples: int = 1500, threshold: float = 1.0,
-                      rng: Optional[np.random.Generator] = None, min_share: float = 0.1) -> list:
-    """The background's homographies, one per static depth layer: [H] or [H, H2].
+                      rng: Optional[np.random.Generator] = None, max_layers: int = 2, min_share: float = 0.1) -> list:
+    """The background's homographies, one per static depth layer: [H] or [H, H2] (``max_layers=2``).
+
+    H is fitted by RANSAC to the background sample (:func:`_background_samples`) of p -> p + flow(p).
 
     A homography is one plane of the scene. When the background has depth (GRIC prefers F), a second
     layer (near rocks before a far hillside) moves against H, and which of the two RANSAC fits first
@@ -207,6 +202,8 @@ def background_layers(flow: np.ndarray, samples: int = 1500, threshold: float = 
     rng = rng if rng is not None else np.random.default_rng(0)
     src, dst, sample = _background_pairs(flow, samples, rng)
     H = _fit_homography(src, dst, threshold)
+    if max_layers == 1:
+        return [H]
     F, f_err = _epipolar_model(flow, src, dst, sample, H, threshold)
     if F is None:
         return [H]
