@@ -161,17 +161,22 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
         src, dst, (sy, sx) = _background_pairs(f, samples, rng)
         H = _fit_homography(src, dst, threshold)
         out[i] = np.linalg.norm(_homography_residual(f, H, grid), axis=-1) if fallback == "homography" else np.nan
-        F, _ = _epipolar_model(f, src, dst, (sy, sx), H, threshold, sigma)
+        F, _ = _epipolar_model(f, src, dst, (sy, sx), _homography_error(src, dst, H), threshold, sigma)
         if F is not None:
             out[i] = _epipolar_line_distance(F, p, np.concatenate([p[..., :2] + f, p[..., 2:]], -1))
     return out
 
 
-def _epipolar_model(f: np.ndarray, src: np.ndarray, dst: np.ndarray, sample, H: np.ndarray, threshold: float,
+def _homography_error(src: np.ndarray, dst: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Distance (pixels) of each correspondence's target from where the homography H maps its source."""
+    return np.linalg.norm(dst - cv2.perspectiveTransform(src[:, None], H)[:, 0], axis=-1)
+
+
+def _epipolar_model(f: np.ndarray, src: np.ndarray, dst: np.ndarray, sample, h_err: np.ndarray, threshold: float,
                     sigma: Optional[float] = None):
     """The background's fundamental matrix F where GRIC (Torr 1998) says F explains the background sample
-    better than the homography H (the background has depth), else None; and the sample's distances from
-    their epipolar lines (None without F)."""
+    better than the homography (its errors ``h_err`` on the sample): the background has depth; else None.
+    And the sample's distances from their epipolar lines (None without F)."""
     F, _ = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 500)
     if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
         return None, None  # no fit (degenerate sample)
@@ -179,7 +184,6 @@ def _epipolar_model(f: np.ndarray, src: np.ndarray, dst: np.ndarray, sample, H: 
     p_sample = np.concatenate([src, np.ones((len(src), 1), np.float32)], -1).astype(np.float64)
     q_sample = np.concatenate([p_sample[:, :2] + f[sy, sx], p_sample[:, 2:]], -1)
     f_err = _epipolar_line_distance(F, p_sample, q_sample)  # the model choice needs the sample only
-    h_err = np.linalg.norm(dst - cv2.perspectiveTransform(src[:, None], H)[:, 0], axis=-1)
     # the flow's noise σ, robustly from the general model's residuals on the sample (MAD), unless given
     noise = sigma if sigma is not None else max(0.05, 1.4826 * float(np.median(f_err)))
     if _gric(f_err ** 2, noise, 3, 7) < _gric(h_err ** 2, noise, 2, 8):
@@ -204,10 +208,10 @@ def background_layers(flow: np.ndarray, samples: int = 1500, threshold: float = 
     H = _fit_homography(src, dst, threshold)
     if max_layers == 1:
         return [H]
-    F, f_err = _epipolar_model(flow, src, dst, sample, H, threshold)
+    h_err = _homography_error(src, dst, H)
+    F, f_err = _epipolar_model(flow, src, dst, sample, h_err, threshold)
     if F is None:
         return [H]
-    h_err = np.linalg.norm(dst - cv2.perspectiveTransform(src[:, None], H)[:, 0], axis=-1)
     second = (h_err > 2 * threshold) & (f_err < threshold)
     if second.sum() < max(8, min_share * len(src)):
         return [H]
