@@ -56,8 +56,8 @@ class IkeConfig:
     motion: str = "residual"  # motion features: "residual" (camera-compensated) or "raw" flow
     # static depth layers the residual motion removes (ops.motion.residual_flow): with 1 the homography fits the near
     # rocks or the far hillside of DAVIS goat depending on the RANSAC sample, and the other layer's parallax won or
-    # lost the eigenvector: goat 0.788 / 0.225 / 0.388 / 0.600 at seeds 0-3; with 2 (a second layer where GRIC finds
-    # depth) 0.776 / 0.782 / 0.789 / 0.769. DAVIS val, 20 videos, dis-fine, output J at seeds 0 / 1 / 2: 0.7214 /
+    # lost the eigenvector: goat 0.788 / 0.225 / 0.388 / 0.600 / 0.598 / 0.788 at seeds 0-5; with 2 (a second layer
+    # where GRIC finds depth) 0.776 / 0.782 / 0.789 / 0.769 / 0.776 / 0.785. DAVIS val, 20 videos, dis-fine, output J at seeds 0 / 1 / 2: 0.7214 /
     # 0.6923 / 0.7017 -> 0.7215 / 0.7209 / 0.7213 (8 videos have a two-layer pair; the rest are unchanged; README)
     background_layers: int = 2
     encoding: str = "linear"  # "linear": motion (x,y) and saliency; "levels": soft "moves more than τ× noise" indicators
