@@ -158,10 +158,10 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
     out = np.zeros((n, h, w), np.float32)
     rng = np.random.default_rng(seed)
     for i, f in enumerate(flow):
-        src, dst, (sy, sx) = _background_pairs(f, samples, rng)
+        src, dst, sample = _background_pairs(f, samples, rng)
         H = _fit_homography(src, dst, threshold)
         out[i] = np.linalg.norm(_homography_residual(f, H, grid), axis=-1) if fallback == "homography" else np.nan
-        F, _ = _epipolar_model(f, src, dst, (sy, sx), _homography_error(src, dst, H), threshold, sigma)
+        F, _ = _epipolar_model(f, src, dst, sample, _homography_error(src, dst, H), threshold, sigma)
         if F is not None:
             out[i] = _epipolar_line_distance(F, p, np.concatenate([p[..., :2] + f, p[..., 2:]], -1))
     return out
@@ -213,9 +213,10 @@ def background_layers(flow: np.ndarray, samples: int = 1500, threshold: float = 
     if F is None:
         return [H]
     second = (h_err > 2 * threshold) & (f_err < threshold)
-    if second.sum() < max(8, min_share * len(src)):
+    needed = max(8, min_share * len(src))  # points the second layer must hold, before and after its RANSAC
+    if second.sum() < needed:
         return [H]
     H2, inl = cv2.findHomography(src[second], dst[second], cv2.RANSAC, threshold, maxIters=500, confidence=0.995)
-    if H2 is None or not np.all(np.isfinite(H2)) or inl is None or inl.sum() < max(8, min_share * len(src)):
+    if H2 is None or not np.all(np.isfinite(H2)) or inl is None or inl.sum() < needed:
         return [H]
     return [H, H2]
