@@ -1,4 +1,5 @@
-"""RAFT: checkpoint compatibility, fidelity to the official model, accuracy, padding, download."""
+"""RAFT (torchvision's model, official checkpoints): key map and strict loading, fidelity to the
+official model, accuracy, padding, download."""
 from __future__ import annotations
 
 import http.server
@@ -15,7 +16,15 @@ import torch
 from vosbatch.data import download
 from vosbatch.data.download import DownloadError
 from vosbatch.flow import create_flow, resize_flow
-from vosbatch.flow.raft import RAFT, InputPadder, RAFTCheckpointError, RAFTFlow, load_checkpoint
+from vosbatch.flow.raft import (
+    InputPadder,
+    RAFTCheckpointError,
+    RAFTFlow,
+    build_raft,
+    estimate_flow,
+    load_checkpoint,
+    official_key_map,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO.parent / "shared" / "models"
@@ -23,6 +32,10 @@ WEIGHTS = MODELS / "raft-small.pth"
 REFERENCE = MODELS / "raft-small-reference"
 needs_weights = pytest.mark.skipif(
     not WEIGHTS.is_file(), reason=f"official RAFT-small checkpoint not available at {WEIGHTS}"
+)
+needs_reference = pytest.mark.skipif(
+    not (WEIGHTS.is_file() and REFERENCE.is_dir()),
+    reason=f"official RAFT-small checkpoint or reference flows not available under {MODELS}",
 )
 
 
@@ -38,65 +51,116 @@ def _rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
+def _official_state(model) -> dict:
+    """``model``'s weights under the authors' names (the key map inverted), as their code saves them."""
+    state = model.state_dict()
+    return {official: state[name] for official, name in official_key_map(model).items()}
+
+
 # --- checkpoints ------------------------------------------------------------------------------
 
 
 @needs_weights
 def test_official_small_checkpoint_loads_strictly_and_matches_key_list():
-    model = RAFT(small=True)
+    model = build_raft(small=True)
     expected = {}
     for line in (MODELS / "raft-small.keys.txt").read_text().splitlines():
         key, shape = line.split(" ", 1)
         expected[key.removeprefix("module.")] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
+    assert {k: tuple(v.shape) for k, v in _official_state(model).items()} == expected
     load_checkpoint(model, WEIGHTS)
-    official = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
-    key = "update_block.gru.convq.weight"
-    assert torch.equal(model.state_dict()[key], official["module." + key])
+    loaded = _official_state(model)
+    for key, value in torch.load(WEIGHTS, map_location="cpu", weights_only=True).items():
+        assert torch.equal(loaded[key.removeprefix("module.")], value), key
 
 
-@needs_weights
-@pytest.mark.parametrize("pair, iters", [(("blackswan", 10), 12), (("dog", 30), 20)])
-def test_reproduces_official_raft_small(pair, iters):
-    seq, i = pair
+@needs_reference
+@pytest.mark.parametrize("iters", [12, 20])
+@pytest.mark.parametrize("seq, i", [("blackswan", 10), ("breakdance", 20), ("dog", 30)])
+def test_reproduces_official_raft_small(seq, i, iters):
     im1 = _rgb(REFERENCE / f"{seq}_{i:05d}_240x432.png")
     im2 = _rgb(REFERENCE / f"{seq}_{i + 1:05d}_240x432.png")
     reference = np.load(REFERENCE / f"{seq}_{i:05d}_{i + 1:05d}_iters{iters}_flow.npy")
     backend = create_flow("raft-small", weights=str(WEIGHTS), iters=iters, device="cpu")
     flow = backend.pair_batch(im1[None], im2[None])[0]
     assert flow.shape == reference.shape and flow.dtype == np.float32
-    assert np.linalg.norm(flow - reference, axis=-1).mean() < 0.01
+    assert np.linalg.norm(flow - reference, axis=-1).mean() < 0.01  # measured: < 1e-5
+
+
+def test_full_key_map_has_the_official_layout():
+    """Names and shapes of the authors' full RAFT (BasicEncoder, SepConvGRU, mask head), written out
+    here rather than derived from the key map: 169 tensors plus 10 batch-norm entries stored twice."""
+    state = _official_state(build_raft(small=False))
+    assert len(state) == 179
+    for key, shape in [
+        ("fnet.conv1.weight", (64, 3, 7, 7)),
+        ("fnet.layer1.0.conv2.weight", (64, 64, 3, 3)),
+        ("fnet.conv2.weight", (256, 128, 1, 1)),
+        ("cnet.norm1.running_var", (64,)),
+        ("cnet.layer2.0.norm3.running_mean", (96,)),
+        ("cnet.layer2.0.downsample.1.running_mean", (96,)),
+        ("cnet.layer3.1.norm2.num_batches_tracked", ()),
+        ("update_block.encoder.convc2.weight", (192, 256, 3, 3)),
+        ("update_block.encoder.conv.weight", (126, 256, 3, 3)),
+        ("update_block.gru.convz1.weight", (128, 384, 1, 5)),
+        ("update_block.gru.convq2.weight", (128, 384, 5, 1)),
+        ("update_block.flow_head.conv1.weight", (256, 128, 3, 3)),
+        ("update_block.mask.0.weight", (256, 128, 3, 3)),
+        ("update_block.mask.2.weight", (576, 256, 1, 1)),
+    ]:
+        assert tuple(state[key].shape) == shape, key
 
 
 @pytest.mark.parametrize("small", [True, False], ids=["small", "full"])
 @pytest.mark.parametrize("prefix", ["", "module."], ids=["plain", "dataparallel"])
 def test_random_checkpoint_roundtrip(tmp_path, small, prefix):
+    """A checkpoint in the official layout goes through the real loading path and gives the same
+    weights and the same flow as the model it was saved from."""
     torch.manual_seed(0)
-    model = RAFT(small=small).eval()
+    model = build_raft(small=small).eval()
     if not small:  # non-trivial batch-norm statistics must survive too
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     path = tmp_path / "random.pth"
-    torch.save({prefix + k: v for k, v in model.state_dict().items()}, path)
+    torch.save({prefix + k: v for k, v in _official_state(model).items()}, path)
 
     backend = RAFTFlow(small=small, weights=path, iters=2, device="cpu")
     for key, value in model.state_dict().items():
         assert torch.equal(backend.model.state_dict()[key], value), key
     rng = np.random.default_rng(0)
-    a = rng.integers(0, 256, (1, 64, 72, 3), dtype=np.uint8)
+    a = rng.integers(0, 256, (1, 128, 136, 3), dtype=np.uint8)  # multiples of 8, >= 128: no padding
     b = np.roll(a, 2, axis=2)
     with torch.inference_mode():
-        expected = model(*(torch.from_numpy(x).permute(0, 3, 1, 2).float() for x in (a, b)), iters=2)
-    np.testing.assert_allclose(backend.pair_batch(a, b), expected.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+        expected = estimate_flow(model, *(torch.from_numpy(x).permute(0, 3, 1, 2).float() for x in (a, b)), iters=2)
+    np.testing.assert_allclose(backend.pair_batch(a, b), expected.permute(0, 2, 3, 1).numpy(), atol=1e-5)
 
 
 def test_wrong_architecture_or_not_a_checkpoint_names_the_file(tmp_path):
+    small_state = _official_state(build_raft(small=True))
     small = tmp_path / "small.pth"
-    torch.save(RAFT(small=True).state_dict(), small)
+    torch.save(small_state, small)
     with pytest.raises(RAFTCheckpointError, match=r"small\.pth does not match the RAFT \(full\) architecture.*missing"):
         create_flow("raft", weights=str(small), device="cpu")
+
+    odd = tmp_path / "odd.pth"
+    torch.save({**small_state, "fnet.conv1.weight": torch.zeros(32, 3, 5, 5), "extra.weight": torch.zeros(1)}, odd)
+    with pytest.raises(RAFTCheckpointError, match=r"odd\.pth does not match the RAFT-small architecture; unexpected: "
+                       r"extra\.weight; shape mismatch: fnet\.conv1\.weight \(32, 3, 5, 5\) vs \(32, 3, 7, 7\)$"):
+        create_flow("raft-small", weights=str(odd), device="cpu")
+
+    twins = tmp_path / "twins.pth"  # the two names of one batch norm must hold the same values
+    torch.save({**_official_state(build_raft(small=False)), "cnet.layer2.0.norm3.weight": torch.zeros(96)}, twins)
+    with pytest.raises(RAFTCheckpointError, match=r"twins\.pth .*differs from its duplicate: cnet\.layer2\.0\."):
+        create_flow("raft", weights=str(twins), device="cpu")
+
+    buf = io.BytesIO()
+    torch.save(small_state, buf)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(RAFTCheckpointError, match=r"truncated\.pth is not a readable torch checkpoint"):
+        create_flow("raft-small", weights=str(truncated), device="cpu")
 
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint" * 10)
@@ -161,17 +225,17 @@ def test_raft_small_recovers_known_motion_on_odd_size():
 
 
 def test_padder_replicates_centred_and_unpads_exactly():
-    x = torch.arange(2 * 3 * 61 * 83, dtype=torch.float32).reshape(2, 3, 61, 83)
-    padder = InputPadder(61, 83)
+    x = torch.arange(2 * 3 * 125 * 131, dtype=torch.float32).reshape(2, 3, 125, 131)
+    padder = InputPadder(125, 131)
     padded = padder(x)
-    assert padded.shape[-2:] == (64, 88)
+    assert padded.shape[-2:] == (128, 136)
     assert padder.pad == [2, 3, 1, 2]  # official "sintel" split: floor half before, rest after
     assert torch.equal(padded[..., 0, 2:-3], x[..., 0, :])  # replicated top row
     assert torch.equal(padded[..., 1:-2, 0], x[..., :, 0])  # replicated left column
     assert torch.equal(padder.unpad(padded), x)
     same = InputPadder(240, 432)
     assert same.pad == [0, 0, 0, 0] and same(x) is x
-    assert InputPadder(20, 30).pad == [17, 17, 22, 22]  # tiny images grow to the 64 px minimum
+    assert InputPadder(20, 30).pad == [49, 49, 54, 54]  # small images grow to torchvision's 128 px minimum
 
 
 def test_resize_flow_rescales_vectors():
@@ -229,7 +293,7 @@ def _models_zip(state: dict) -> bytes:
 def test_download_extracts_and_loads(zip_server, tmp_path, monkeypatch):
     url, routes, hits = zip_server
     torch.manual_seed(1)
-    state = RAFT(small=True).state_dict()
+    state = _official_state(build_raft(small=True))
     body = _models_zip(state)
     routes["/models.zip"] = (body, len(body))
     monkeypatch.setenv("VOSBATCH_RAFT_URL", url + "/models.zip")
@@ -238,7 +302,7 @@ def test_download_extracts_and_loads(zip_server, tmp_path, monkeypatch):
     dest = tmp_path / "cache" / "models" / "raft-small.pth"
     assert backend.weights == dest and dest.is_file()
     assert sorted(p.name for p in dest.parent.iterdir()) == ["raft-small.pth"]  # no archive, no temp files
-    assert torch.equal(backend.model.state_dict()["fnet.conv1.weight"], state["fnet.conv1.weight"])
+    assert torch.equal(backend.model.state_dict()["feature_encoder.convnormrelu.0.weight"], state["fnet.conv1.weight"])
     create_flow("raft-small", iters=1, device="cpu")  # now cached: no second request
     assert hits == ["/models.zip"]
 
@@ -246,7 +310,7 @@ def test_download_extracts_and_loads(zip_server, tmp_path, monkeypatch):
 def test_truncated_or_corrupt_download_fails_cleanly(zip_server, tmp_path, monkeypatch):
     url, routes, _ = zip_server
     monkeypatch.setattr(download, "RETRY_BACKOFF_S", 0.0)
-    body = _models_zip(RAFT(small=True).state_dict())
+    body = _models_zip(_official_state(build_raft(small=True)))
     routes["/truncated.zip"] = (body[: len(body) // 2], len(body))
     routes["/corrupt.zip"] = (b"<html>not a zip</html>" * 100, 2200)
     dest_dir = tmp_path / "cache" / "models"
