@@ -27,7 +27,7 @@ demo: install
 # Chromium for the report's browser tests: installed (apt, as root) before entering the namespace,
 # which has no network; where it cannot be installed those tests skip and say why.
 browser: install
-	@$(PY) -c "from vosbatch.testing.browser import ensure_chromium as e; p, why = e(); print('chromium:', p or 'unavailable, browser tests will skip: ' + why)"
+	@cd tests && ../$(PY) -c "from support.browser import ensure_chromium as e; p, why = e(); print('chromium:', p or 'unavailable, browser tests will skip: ' + why)"
 
 test: install browser
 	$(NS) $(PY) -m pytest -q

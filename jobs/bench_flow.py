@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +21,8 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vosbatch.flow import BidirectionalFlow, create_flow  # noqa: E402
-from vosbatch.flow.reliability import consistency_reliability, photometric_errors  # noqa: E402
+from vosbatch.flow import BidirectionalFlow, create_flow
+from vosbatch.flow.reliability import consistency_reliability, photometric_errors
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DAVIS = SHARED / "data" / "DAVIS2016" / "JPEGImages" / "480p"

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import numpy as np
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vosbatch.config import RunConfig  # noqa: E402
-from vosbatch.pipeline import VideoSegmenter  # noqa: E402
+from vosbatch.config import RunConfig
+from vosbatch.pipeline import VideoSegmenter
 
 DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "DAVIS2016" / "JPEGImages" / "480p"
 

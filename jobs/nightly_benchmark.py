@@ -38,12 +38,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python jobs/nightly_benchmark.py` from a checkout without an install
-    sys.path.insert(0, str(REPO))
-
-from vosbatch.compare import compare_uris, format_comparison  # noqa: E402
-from vosbatch.io.store import RunStore  # noqa: E402
+from vosbatch.compare import compare_uris, format_comparison
+from vosbatch.io.store import RunStore
 
 log = logging.getLogger("nightly")
 
@@ -106,12 +102,12 @@ def _data_root(value) -> Optional[str]:
 
 
 def submit_options(options: Dict) -> List[str]:
-    """``{"flow": "dis", "work_height": 96, "params": {"lam": 1}, "fail_on_error": True}`` ->
-    ``--flow dis --work-height 96 -p lam=1 --fail-on-error`` (False/None leave an option out)."""
+    """``{"flow": "dis", "work_height": 96, "params": {"optimisation": {"lam": 1}}, "fail_on_error": True}`` ->
+    ``--flow dis --work-height 96 -p optimisation.lam=1 --fail-on-error`` (False/None leave an option out)."""
     args: List[str] = []
     for key, value in options.items():
         if key == "params":
-            for k, v in (value or {}).items():
+            for k, v in _dotted(value or {}).items():
                 args += ["-p", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
             continue
         flag = "--" + key.replace("_", "-")
@@ -125,6 +121,17 @@ def submit_options(options: Dict) -> List[str]:
         else:
             args += [flag, str(value)]
     return args
+
+
+def _dotted(params: Dict, prefix: str = "") -> Dict:
+    """Nested method parameters as the dotted keys ``-p`` takes."""
+    out: Dict = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def join_uri(base: str, name: str) -> str:
@@ -332,7 +339,7 @@ def format_summary(results: List[DatasetResult]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=REPO / "jobs" / "nightly.yaml")
+    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parent / "nightly.yaml")
     ap.add_argument("--output", help="Override the config's output (folder or s3://bucket/prefix).")
     ap.add_argument("--tag", help="Run ids nightly-<TAG>-<dataset> instead of a timestamp.")
     ap.add_argument("--datasets", help="Comma-separated subset of the configured datasets.")

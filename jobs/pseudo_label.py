@@ -28,10 +28,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python jobs/pseudo_label.py` from a checkout without an install
-    sys.path.insert(0, str(REPO))
-
 log = logging.getLogger("pseudo_label")
 
 

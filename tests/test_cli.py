@@ -7,8 +7,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from vosbatch.io.png import decode_mask
-from vosbatch.testing.cli import run_cli
-from vosbatch.testing.synthetic import make_video, write_davis_fixture
+from support.cli import run_cli
+from support.synthetic import make_video, write_davis_fixture
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -26,7 +26,7 @@ def run(tmp_path_factory):
     (root / "JPEGImages/480p/broken/00003.jpg").write_bytes(b"\x00garbage")
     out = tmp / "runs"
     proc = run_cli("submit", "--data-root", root, "--output", out, "--run-id", "r1", "--no-progress",
-                   "--work-height", 96, "-p", "grid_stride=4", "-p", "opt_stride=2")
+                   "--work-height", 96, "-p", "spectral.grid_stride=4", "-p", "optimisation.stride=2")
     return {"root": root, "run": out / "r1", "stdout": proc.stdout, "stderr": proc.stderr, "vids": vids, "tmp": tmp}
 
 
@@ -81,7 +81,7 @@ def test_export_then_eval_reproduces_the_run_metrics(run):
 
 def test_unknown_sequence_and_unwritable_output(run, tmp_path):
     proc = run_cli("submit", "--data-root", run["root"], "--sequences", "walker,ghost", "--output", tmp_path,
-                   "--run-id", "r2", "--no-progress", "--work-height", 96, "-p", "grid_stride=4")
+                   "--run-id", "r2", "--no-progress", "--work-height", 96, "-p", "spectral.grid_stride=4")
     assert "FAILED ghost" in proc.stderr and "unknown sequence 'ghost'" in proc.stderr
     blocker = tmp_path / "blocker"
     blocker.write_text("")
@@ -114,7 +114,7 @@ def test_submit_without_data_downloads_the_dataset_first(tmp_path):
         os.environ.pop("VOSBATCH_DATA_ROOT", None)
         try:
             proc = run_cli("submit", "--dataset", "davis2016", "--output", tmp_path / "runs", "--run-id", "dl",
-                           "--no-progress", "--work-height", 96, "-p", "grid_stride=4")
+                           "--no-progress", "--work-height", 96, "-p", "spectral.grid_stride=4")
         finally:
             for k, v in old.items():
                 if v is None:

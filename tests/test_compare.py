@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from vosbatch.cli import main
 from vosbatch.compare import compare_uris
 from vosbatch.io.store import RunStore
-from vosbatch.testing.cli import run_cli
-from vosbatch.testing.runs import make_run
-from vosbatch.testing.synthetic import make_video, write_davis_fixture
+from support.cli import run_cli
+from support.runs import make_run
+from support.synthetic import make_video, write_davis_fixture
 
 BASE_CONFIG = {"method": "globalopt", "flow": "dis", "work_height": 96, "method_params": {"grid_stride": 4}}
 

@@ -9,8 +9,8 @@ from vosbatch.metrics import boundary_f, jaccard
 from vosbatch.postprocess import crf as crf_module
 from vosbatch.postprocess.binarize import binarize
 from vosbatch.postprocess.crf import CRFUnavailable, crf_params, crf_refine
-from vosbatch.testing.cli import cli_env, run_cli
-from vosbatch.testing.synthetic import make_video
+from support.cli import cli_env, run_cli
+from support.synthetic import make_video
 
 
 

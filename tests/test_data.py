@@ -4,7 +4,7 @@ import pytest
 
 from vosbatch.data import davis_sequences, split_names
 from vosbatch.errors import InputError
-from vosbatch.testing.synthetic import make_video, write_davis_fixture
+from support.synthetic import make_video, write_davis_fixture
 
 
 @pytest.fixture()

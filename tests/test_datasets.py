@@ -12,7 +12,7 @@ from vosbatch.data import DATASETS, list_sequences
 from vosbatch.data import download as dl
 from vosbatch.data.fbms import parse_definition
 from vosbatch.errors import InputError
-from vosbatch.testing.synthetic import (
+from support.synthetic import (
     make_video, write_davis_fixture, write_fbms59_fixture, write_segtrackv2_fixture,
 )
 

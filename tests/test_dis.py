@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from vosbatch.flow import create_flow
-from vosbatch.testing.synthetic import make_video
+from support.synthetic import make_video
 
 
 @pytest.mark.parametrize("seed", [0, 1])

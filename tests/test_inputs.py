@@ -11,7 +11,7 @@ from vosbatch.data import input_sequences
 from vosbatch.data.inputs import safe_name, unique_names
 from vosbatch.data.video import read_video
 from vosbatch.errors import InputError
-from vosbatch.testing.synthetic import make_video, write_video_file
+from support.synthetic import make_video, write_video_file
 
 SIZE = (48, 64)
 

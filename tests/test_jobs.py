@@ -8,12 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from vosbatch.io.store import RunStore
-from vosbatch.testing.synthetic import make_video, write_davis_fixture
+from support.synthetic import make_video, write_davis_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +59,7 @@ def test_nightly_passes_then_compares_then_fails_on_a_regression(tmp_path):
     config = tmp_path / "nightly.yaml"
     config.write_text(yaml.safe_dump({
         "name": "test", "output": str(out), "threshold": 0.01, "workers": 1,
-        "submit": {"work_height": 48, "params": {"grid_stride": 4, "opt_stride": 2}},
+        "submit": {"work_height": 48, "params": {"spectral": {"grid_stride": 4}, "optimisation": {"stride": 2}}},
         "datasets": [{"name": "davis2016", "data_root": str(root), "split": "val"}]}))
 
     def meta(tag):
@@ -105,7 +104,7 @@ def test_nightly_dry_run_builds_one_submit_per_dataset(tmp_path):
     config = tmp_path / "n.yaml"
     config.write_text(yaml.safe_dump({
         "output": "s3://nightly-jobs/nightly", "gpus": 2, "threshold": 0.02,
-        "submit": {"flow": "raft-small", "params": {"lam": 0.5, "optimise": True}},
+        "submit": {"flow": "raft-small", "params": {"optimisation": {"lam": 0.5, "enabled": True}}},
         "datasets": [{"name": "davis2016", "data_root": "${DAVIS_TEST_ROOT}"},
                      {"name": "fbms59", "data_root": "${UNSET_TEST_ROOT}", "split": "test", "gpus": 0, "workers": 3,
                       "sequences": ["cars1", "cars2"], "submit": {"flow": "dis"}}]}))
@@ -115,7 +114,7 @@ def test_nightly_dry_run_builds_one_submit_per_dataset(tmp_path):
     assert plans[1].run_uri == "s3://nightly-jobs/nightly/nightly-20260101-020000-fbms59"
     davis, fbms = (p.command[4:] for p in plans)  # after `python -m vosbatch.cli submit`
     assert plans[0].command[1:4] == ["-m", "vosbatch.cli", "submit"]
-    assert davis == ["--dataset", "davis2016", "--gpus", "2", "--flow", "raft-small", "-p", "lam=0.5", "-p", "optimise=true",
+    assert davis == ["--dataset", "davis2016", "--gpus", "2", "--flow", "raft-small", "-p", "optimisation.enabled=true", "-p", "optimisation.lam=0.5",
                      "--output", "s3://nightly-jobs/nightly", "--run-id", "nightly-20260101-020000-davis2016",
                      "--address", "auto", "--fail-on-error", "--no-progress", "--work-height", "96"]
     assert fbms[:8] == ["--dataset", "fbms59", "--split", "test", "--sequences", "cars1,cars2", "--workers", "3"]
@@ -181,13 +180,13 @@ def test_baseline_search_on_s3(s3_bucket, moto_s3_endpoint, monkeypatch):
 # --------------------------------------------------------------------------------------------------
 def test_pseudo_label_builds_the_submit_command():
     args = pseudo.parse_args(["--input", "s3://bucket/videos/", "--input", "more.parquet", "--output", "s3://bucket/pl",
-                              "--gpus", "8", "--flow", "raft-small", "-p", "lam=0.5",
+                              "--gpus", "8", "--flow", "raft-small", "-p", "optimisation.lam=0.5",
                               "--s3-endpoint-url", "http://minio:9000", "--", "--window-frames", "100"])
     cmd = pseudo.build_submit_command(args, "pseudo-1", on_cluster=True)
     assert cmd[:4] == [sys.executable, "-m", "vosbatch.cli", "submit"]
     assert cmd[4:] == ["--input", "s3://bucket/videos/", "--input", "more.parquet", "--output", "s3://bucket/pl",
                        "--run-id", "pseudo-1", "--gpus", "8", "--flow", "raft-small", "--s3-endpoint-url",
-                       "http://minio:9000", "-p", "lam=0.5", "--address", "auto", "--no-progress",
+                       "http://minio:9000", "-p", "optimisation.lam=0.5", "--address", "auto", "--no-progress",
                        "--window-frames", "100"]
     resumed = pseudo.parse_args(["--input", "m.csv", "--output", "out", "--workers", "3", "--resume", "pseudo-7"])
     assert pseudo.run_id_of(resumed) == "pseudo-7"
@@ -220,76 +219,18 @@ def test_pseudo_label_arguments_and_dry_run():
 # DAVIS benchmark scripts: the ablation's saved masks and IKE's refinement mode on them
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ablation_saves_the_masks_it_scores(tmp_path):
-    from vosbatch.io.png import read_png_folder
-    from vosbatch.metrics import evaluate_sequence
-    import pyarrow.csv as pacsv
-
+@pytest.mark.ray
+def test_davis_benchmark_runs_submit_and_reports_every_stage(tmp_path):
     vid = make_video(frames=6, size=(48, 64), obj_size=(11, 15), obj_velocity=(2.0, 1.0), bg_velocity=(-1.0, 0.0), seed=4)
     root = write_davis_fixture(tmp_path / "DAVIS", {"walker": vid})
-    res = run_job("ablation_davis.py", "--data-root", root, "--output", tmp_path / "abl", "--run-id", "r", "--flows", "dis",
-                  "--refinements", "none,fgs", "--save-masks", "-p", "grid_stride=4", "-p", "opt_stride=2")
+    res = run_job("benchmark_davis.py", "--data-root", root, "--output", tmp_path / "b", "--run-id", "r", "--",
+                  "--work-height", "48", "--refine", "fgs", "-p", "spectral.grid_stride=4", "-p", "optimisation.stride=2")
     assert res.returncode == 0, res.stdout + res.stderr
-    rows = {r["refine"]: r for r in pacsv.read_csv(tmp_path / "abl" / "r" / "per_sequence.csv").to_pylist()}
-    for refine in ("none", "fgs"):
-        saved = read_png_folder(tmp_path / "abl" / "r" / "masks" / f"dis-colour-colour-{refine}" / "walker")
-        assert sorted(saved) == [f"{t:05d}" for t in range(6)]
-        # the PNGs are exactly the masks the table scored
-        score = evaluate_sequence([saved[f"{t:05d}"] for t in range(6)], list(vid.masks))
-        assert score.j_mean == pytest.approx(rows[refine]["j"], abs=1e-9)
-        assert score.j_mean > 0.5
-
-
-@pytest.mark.slow
-def test_bench_ike_refines_from_a_png_folder(tmp_path):
-    # object and background move together: only the other method's masks can find the object
-    vid = make_video(frames=8, size=(48, 64), obj_size=(11, 15), obj_velocity=(1.0, 0.5), bg_velocity=(1.0, 0.5), seed=3)
-    root = write_davis_fixture(tmp_path / "DAVIS", {"still": vid})
-    other = write_davis_fixture(tmp_path / "other", {"still": vid})  # DAVIS layout: Annotations/480p/<seq>/*.png
-
-    def bench(*extra):
-        out = tmp_path / f"ike{len(extra)}.jsonl"
-        res = run_job("bench_ike.py", "--data-root", root, "--work-height", 48, "--out", out, "-p", "cycles=1",
-                      "-p", "graph_stride=1", "-p", "chain_length=6", "-p", "feature_window=2", *extra)
-        assert res.returncode == 0, res.stdout + res.stderr
-        return json.loads(out.read_text().splitlines()[0])
-
-    refined = bench("--refine-from", other / "Annotations" / "480p")
-    assert refined["final_J"] > 0.7
-    assert bench()["final_J"] < refined["final_J"] - 0.2
-    missing = run_job("bench_ike.py", "--data-root", root, "--work-height", 48, "--refine-from", tmp_path / "nowhere")
-    assert missing.returncode != 0 and "no prior masks for sequence 'still'" in missing.stderr
-
-
-def test_bench_ike_rescores_saved_soft_masks(tmp_path):
-    """``--save-soft`` keeps every stage; ``--from-soft`` scores them again without the method (another --refine)."""
-    vid = make_video(frames=6, size=(48, 64), obj_size=(11, 15), obj_velocity=(2.0, 1.0), bg_velocity=(0.0, 0.0), seed=4)
-    root = write_davis_fixture(tmp_path / "DAVIS", {"mover": vid})
-    common = ["--data-root", root, "--work-height", 48, "--both", "-p", "cycles=2", "-p", "net_steps=5",
-              "-p", "chain_length=4", "-p", "feature_window=1"]
-
-    def bench(tag, *extra):
-        res = run_job("bench_ike.py", *common, "--out", tmp_path / f"{tag}.jsonl", *extra)
-        assert res.returncode == 0, res.stdout + res.stderr
-        return json.loads((tmp_path / f"{tag}.jsonl").read_text().splitlines()[0])
-
-    ran = bench("ran", "--save-soft", tmp_path / "soft")
-    assert sorted(np.load(tmp_path / "soft" / "mover.npz").files) == ["final", "graph1", "graph2", "net1"]
-    again = bench("again", "--from-soft", tmp_path / "soft")
-    scores = [k for k in ran if k.endswith("_J") or k.endswith("_F")]
-    assert len(scores) == 16 and ran["final_J"] > 0.5
-    assert {k: again[k] for k in scores} == {k: ran[k] for k in scores} and "seconds_per_frame_method" not in again
-    plain = bench("plain", "--from-soft", tmp_path / "soft", "--refine", "none")
-    assert plain["graph1_J"] == ran["graph1_J"] and plain["colour_final_J"] != ran["colour_final_J"]
-    only = bench("only", "--from-soft", tmp_path / "soft", "--stages", "graph1,final")
-    assert sorted(k for k in only if k.endswith("_J")) == ["colour_final_J", "colour_graph1_J", "final_J", "graph1_J"]
-    assert only["colour_final_J"] == ran["colour_final_J"]
-    typo = run_job("bench_ike.py", *common, "--from-soft", tmp_path / "soft", "--stages", "grpah1")
-    assert typo.returncode != 0 and "no stage ['grpah1']" in typo.stderr
-    # without saved masks the configuration says which stages there will be: refused before the method runs
-    early = run_job("bench_ike.py", *common, "--stages", "graph3", "--save-soft", tmp_path / "early")
-    assert early.returncode != 0 and "mover has no stage ['graph3']" in early.stderr and "'net1'" in early.stderr
-    assert not (tmp_path / "early").exists()  # the method never ran
-    # re-scoring needs no flow model: RAFT weights that do not exist are never loaded
-    noflow = bench("noflow", "--from-soft", tmp_path / "soft", "--flow", "raft-small", "--flow-weights", tmp_path / "none.pth")
-    assert noflow["final_J"] == ran["final_J"]
+    summary = json.loads((tmp_path / "b" / "r" / "benchmark.json").read_text())
+    run = RunStore(str(tmp_path / "b" / "r")).read_metrics()[0]
+    assert summary["J"] == pytest.approx(run["j_mean"]) and summary["J"] > 0.5 and summary["preset"] == "balanced"
+    assert summary["stages"]["init"]["j_mean"] == pytest.approx(run["init_j_mean"], abs=1e-5)
+    assert {"flow", "init", "optimise", "binarize"} <= set(summary["seconds_per_frame_by_stage"])
+    assert f"J {summary['J']:.4f}" in res.stdout
+    again = run_job("benchmark_davis.py", "--summarise", tmp_path / "b" / "r")
+    assert again.returncode == 0 and f"J {summary['J']:.4f}" in again.stdout

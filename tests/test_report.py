@@ -18,11 +18,11 @@ from vosbatch.cli import main
 from vosbatch.config import RunConfig
 from vosbatch.io.store import RunStore
 from vosbatch.report import overlay as ov
-from vosbatch.testing.cli import run_cli
-from vosbatch.testing.runs import SMALL_CONFIG, make_run
-from vosbatch.testing.synthetic import make_video, write_davis_fixture
+from support.cli import run_cli
+from support.runs import SMALL_CONFIG, make_run
+from support.synthetic import make_video, write_davis_fixture
 
-SMALL = ["--work-height", "96", "-p", "grid_stride=4", "-p", "opt_stride=2"]
+SMALL = ["--work-height", "96", "-p", "spectral.grid_stride=4", "-p", "optimisation.stride=2"]
 
 
 def cli(*args):
@@ -49,7 +49,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from vosbatch.testing.browser import Chromium, ensure_chromium
+    from support.browser import Chromium, ensure_chromium
 
     path, why = ensure_chromium()
     if not path:
@@ -63,7 +63,7 @@ ROWS_JS = "Array.from(document.querySelectorAll('#scores-table tbody tr')).map(r
 
 def check_page(browser, page_path: Path, screenshot: Path) -> dict:
     """Open the page; assert no console errors and that every video/image decoded; screenshot it."""
-    from vosbatch.testing.browser import media_state
+    from support.browser import media_state
 
     page = browser.open(page_path.resolve().as_uri())
     media = media_state(page)
@@ -191,8 +191,8 @@ def test_segment_with_ike_and_finer_flow(runs, tmp_path):
     assert np.mean([(m & g).sum() / (m | g).sum() for m, g in zip(masks, gt)]) > 0.6
     res = cli("segment", folder, "-o", tmp_path / "o2", "--method", "no-such-method")
     assert res.exit_code == 2 and "no-such-method" in res.output
-    res = cli("segment", folder, "-o", tmp_path / "o3", "--method", "ike", "-p", "epipolar_fallback=sometimes")
-    assert res.exit_code == 2 and "epipolar_fallback='sometimes'" in res.output and not (tmp_path / "o3").exists()
+    res = cli("segment", folder, "-o", tmp_path / "o3", "--method", "ike", "-p", "features.background_layers=3")
+    assert res.exit_code == 2 and "background_layers=3" in res.output and not (tmp_path / "o3").exists()
 
 
 def test_segment_video_file_respects_max_frames(runs, tmp_path):

@@ -22,11 +22,11 @@ from vosbatch.io.png import decode_mask
 from vosbatch.pipeline import VideoSegmenter
 from vosbatch.runner.windows import plan_windows
 from vosbatch.runner.worker import segment_sequence
-from vosbatch.testing.cli import cli_env, run_cli
-from vosbatch.testing.synthetic import make_video, write_davis_fixture
+from support.cli import cli_env, run_cli
+from support.synthetic import make_video, write_davis_fixture
 
-SMALL = ["--work-height", "64", "-p", "grid_stride=4", "-p", "opt_stride=2"]
-SMALL_CFG = dict(work_height=64, method_params={"grid_stride": 4, "opt_stride": 2})
+SMALL = ["--work-height", "64", "-p", "spectral.grid_stride=4", "-p", "optimisation.stride=2"]
+SMALL_CFG = dict(work_height=64, method_params={"spectral": {"grid_stride": 4}, "optimisation": {"stride": 2}})
 
 
 # -- windows ----------------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def test_resume_retries_failed_sequences_and_refuses_unknown_runs(dataset, tmp_p
     _, metrics = _tables(runs / "r")
     assert metrics["bad"]["status"] == "ok" and metrics["good"]["status"] == "ok"
     # a changed configuration is a different hash: everything reruns
-    changed = run_cli("submit", "--output", runs, "--resume", "r", "--no-progress", "-p", "grid_stride=8")
+    changed = run_cli("submit", "--output", runs, "--resume", "r", "--no-progress", "-p", "spectral.grid_stride=8")
     assert "resume: 0 of 2 sequences already done" in changed.stderr
     missing = run_cli("submit", "--output", runs, "--resume", "nope", "--no-progress", check=False)
     assert missing.returncode != 0 and "nope" in missing.stderr and "run.json" in missing.stderr
@@ -363,7 +363,7 @@ def test_inside_a_ray_job_submit_leaves_the_jobs_own_runtime_env_settings_alone(
 def test_submit_inputs_in_windows_and_fbms_scored_on_its_annotated_frames(tmp_path):
     """`--input` (a video file and a frame folder) through windows, and `--dataset fbms59` whose GT
     exists on every 20th frame only: both through the real command."""
-    from vosbatch.testing.synthetic import write_fbms59_fixture, write_video_file
+    from support.synthetic import write_fbms59_fixture, write_video_file
 
     vid = make_video(frames=30, size=(64, 96), obj_velocity=(1.0, 0.3), bg_velocity=(-0.5, 0.0), seed=7)
     write_video_file(tmp_path / "clip.mp4", vid.frames, fps=10)

@@ -158,7 +158,7 @@ def test_pipeline_uses_the_feature_checkpoint_given_in_the_config(tmp_path):
     from vosbatch.config import RunConfig
     from vosbatch.features.vit import FeatureCheckpointError
     from vosbatch.pipeline import VideoSegmenter
-    from vosbatch.testing.synthetic import make_video
+    from support.synthetic import make_video
 
     good = tmp_path / "vits16.pth"
     torch.save({"teacher": {f"backbone.{k}": v for k, v in
@@ -168,6 +168,6 @@ def test_pipeline_uses_the_feature_checkpoint_given_in_the_config(tmp_path):
     with pytest.raises(FeatureCheckpointError, match="not-a-checkpoint.pth"):
         VideoSegmenter(RunConfig(features="dino-vits16", feature_weights=str(bad)))
     vid = make_video(frames=3, size=(64, 96), seed=0)
-    cfg = RunConfig(features="dino-vits16", feature_weights=str(good), method_params={"grid_stride": 16, "opt_stride": 4})
+    cfg = RunConfig(features="dino-vits16", feature_weights=str(good), method_params={"spectral": {"grid_stride": 16}, "optimisation": {"stride": 4}})
     res = VideoSegmenter(cfg).segment(vid.frames)
     assert res.masks.shape == (3, 64, 96) and "features" in res.seconds

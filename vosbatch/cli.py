@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import click
 
-from .config import FLOW_RELIABILITY, REFINEMENTS, RunConfig, parse_method_params
+from .config import REFINEMENTS, RunConfig, parse_method_params
+from .presets import DEFAULT_PRESET, PRESETS
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Idle OpenMP threads must sleep, not spin: with several torch processes (Ray actors) on few cores,
@@ -41,25 +42,63 @@ def main() -> None:
 
 
 # --refine, shared by `submit` and `segment`.
-_refine_option = click.option(
-    "--refine", default=RunConfig.refine, show_default=True, type=click.Choice(list(REFINEMENTS)),
-    help="Refinement before binarising: crf (the edge-aware fast global smoother, then a dense CRF; default), "
-         "fgs (the smoother alone, ~4x faster), guided (guided filter) or none.")
+def _default(name: str) -> str:
+    """How --help shows a setting whose default comes from the preset."""
+    return f"the preset's; {DEFAULT_PRESET}: {getattr(RunConfig(), name)}"
 
+
+_preset_option = click.option(
+    "--preset", type=click.Choice(list(PRESETS)), default=None,
+    help="A whole configuration; options given explicitly override it. "
+         + "; ".join(f"{name}: {p.summary}" for name, p in PRESETS.items()) + f". [default: {DEFAULT_PRESET}]")
+
+# The options below set RunConfig fields. They default to None, i.e. to the preset's value (on --resume: the
+# run's stored value); only those given explicitly override it.
+_method_option = click.option("--method", type=click.Choice(["globalopt", "ike"]), show_default=_default("method"),
+                              help="Segmentation method.")
+_flow_option = click.option("--flow", type=click.Choice(["dis-fine", "dis", "dis-fast", "raft-small", "raft"]),
+                            show_default=_default("flow"),
+                            help="Optical flow: OpenCV DIS (dis-fine: down to the input's own grid; dis, dis-fast: "
+                                 "coarser and faster) or RAFT (raft-small, raft: learned, needs a checkpoint).")
+_flow_weights_option = click.option("--flow-weights", type=click.Path(dir_okay=False),
+                                    help="Checkpoint of a RAFT flow backend (default: the cache, else downloaded).")
 _flow_height_option = click.option(
-    "--flow-height", type=click.IntRange(min=0), default=RunConfig.flow_height, show_default=True,
-    help="Estimate flow at this height (never above the input's) and resize it to the working grid; 0: at --work-height. "
-         "Finer flow finds small and thin objects (README); RAFT on a CPU costs ~5x more at 480 than at 240.")
+    "--flow-height", type=click.IntRange(min=0), show_default=_default("flow_height"),
+    help="Estimate flow at this height in pixels (never above the input's) and resize it to the working grid; 0: at --work-height.")
+_work_height_option = click.option("--work-height", type=click.IntRange(min=16), show_default=_default("work_height"),
+                                   help="Processing height in pixels (aspect kept); masks return at the input's size.")
+_refine_option = click.option(
+    "--refine", type=click.Choice(list(REFINEMENTS)), show_default=_default("refine"),
+    help="Before the threshold: crf (the edge-aware fast global smoother, then a dense CRF per frame), "
+         "fgs (the smoother alone, about a quarter of crf's cost) or none.")
+_params_option = click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
+                              help="Method setting, repeatable; dotted keys reach a group, e.g. -p net.steps=200 "
+                                   "(docs/methods.md lists them).")
 
-# Options of `submit` that set RunConfig fields (option name -> field); on --resume, only those given
-# explicitly override the run's stored configuration.
+# Options of `submit` that set RunConfig fields (option name -> field).
 _CONFIG_OPTIONS = {
     "method": "method", "flow": "flow", "flow_weights": "flow_weights", "flow_iters": "flow_iters", "flow_height": "flow_height",
-    "flow_reliability": "flow_reliability", "features": "features", "feature_weights": "feature_weights",
-    "appearance_weight": "appearance_weight", "appearance_net": "appearance_net", "refine": "refine", "work_height": "work_height",
-    "params": "method_params", "window_frames": "window_frames", "window_overlap": "window_overlap",
-    "refine_from": "refine_from", "stage_refine": "stage_refine",
+    "features": "features", "feature_weights": "feature_weights", "appearance_weight": "appearance_weight",
+    "refine": "refine", "work_height": "work_height", "params": "method_params", "window_frames": "window_frames",
+    "window_overlap": "window_overlap", "refine_from": "refine_from", "stage_refine": "stage_refine",
 }
+
+
+def _run_config(preset: Optional[str], dataset: Optional[str], values: dict) -> RunConfig:
+    """The preset's configuration with the options that were given (not None) on top."""
+    from .presets import preset_config
+
+    overrides = {field: values[opt] for opt, field in _CONFIG_OPTIONS.items() if opt in values and values[opt] is not None}
+    if not overrides.get("method_params"):
+        overrides.pop("method_params", None)
+    try:
+        cfg = preset_config(preset, dataset, overrides)
+        from .methods import get_method
+
+        get_method(cfg.method).config(cfg.method_params)  # validate the method's settings before starting anything
+    except (TypeError, ValueError) as e:
+        raise click.UsageError(f"--preset / --method / --param: {e}")
+    return cfg
 
 
 def _dataset_choices() -> List[str]:
@@ -69,6 +108,7 @@ def _dataset_choices() -> List[str]:
 
 
 @main.command()
+@_preset_option
 @click.option("--dataset", default="davis2016", show_default=True, type=click.Choice(_dataset_choices()),
               help="Dataset in its official layout.")
 @click.option("--data-root", type=click.Path(path_type=Path), envvar="VOSBATCH_DATA_ROOT",
@@ -78,34 +118,31 @@ def _dataset_choices() -> List[str]:
 @click.option("--input", "inputs", multiple=True,
               help="Instead of a dataset: a video file, a folder of frames or videos, a manifest (.csv/.parquet "
                    "with a path column) or an s3:// prefix (repeatable).")
-@click.option("--method", default="globalopt", show_default=True, help="globalopt or ike.")
-@click.option("--flow", default="dis-fine", show_default=True, help="Flow backend: dis-fine, dis, dis-fast, raft-small, raft.")
-@click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
-@click.option("--flow-iters", default=12, show_default=True, help="Refinement iterations of RAFT.")
+@_method_option
+@_flow_option
+@_flow_weights_option
+@click.option("--flow-iters", type=click.IntRange(min=1), show_default=_default("flow_iters"),
+              help="Refinement iterations of RAFT.")
 @_flow_height_option
-@click.option("--flow-cache", type=click.Path(file_okay=False), help="Cache flows per sequence here (opt-in).")
-@click.option("--flow-reliability", default="none", show_default=True,
-              type=click.Choice(list(FLOW_RELIABILITY)), help="Exclude unreliable flow.")
-@click.option("--features", default="colour", show_default=True,
-              help="Appearance features: colour (offline default), dino-vits16, dino-vits8, dino-vitb16, dino-vitb8, dinov2-vits14.")
+@click.option("--flow-cache", type=click.Path(file_okay=False), help="Cache flows per sequence in this folder (opt-in).")
+@click.option("--features", show_default=_default("features"),
+              help="Appearance features of globalopt: colour (no weights needed), dino-vits16, dino-vits8, dino-vitb16, "
+                   "dino-vitb8, dinov2-vits14 (with --weights; see --preset paper-globalopt).")
 @click.option("--weights", "feature_weights", type=click.Path(dir_okay=False),
-              help="Local checkpoint for a ViT feature backend (official DINO .pth layouts).")
-@click.option("--appearance-weight", default=2.0, show_default=True,
-              help="Weight of the per-video colour model when binarising (0 disables it).")
-@click.option("--appearance-net/--no-appearance-net", default=False, show_default=True,
-              help="Train a small net per video on the method's soft masks (frames in, masks out) and binarise "
-                   "its predictions (~0.4 s/frame on 2 CPU cores; on DAVIS val with RAFT-small it lowered J by 0.009, see README).")
+              help="Local checkpoint of a ViT feature backend (official DINO / DINOv2 .pth layouts).")
+@click.option("--appearance-weight", type=click.FloatRange(min=0), show_default=_default("appearance_weight"),
+              help="Weight of the per-video colour model when binarising (0: off).")
 @_refine_option
 @click.option("--stage-refine", type=click.Choice(list(REFINEMENTS)),
-              help="Refinement that scores the method's intermediate stages (stage_scores, when there is ground truth); "
-                   "default: as --refine. With the CRF an IKE job binarises every frame six times (output + five stages); fgs "
-                   "scores the stages with the smoother alone (DAVIS car-shadow + libby: 247 s against 395 s). The output masks do not change.")
-@click.option("--work-height", default=240, show_default=True, help="Processing height in pixels (masks return at full size).")
-@click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
+              help="Refinement that scores the method's intermediate stages when there is ground truth "
+                   "[default: as --refine]. The output masks do not change.")
+@_work_height_option
+@_params_option
 @click.option("--refine-from", help="Masks of another run (path or s3://) or a DAVIS-layout PNG folder for the method to refine.")
-@click.option("--window-frames", default=100, show_default=True,
-              help="Videos longer than this (plus the overlap) run in overlapping windows of this many frames.")
-@click.option("--window-overlap", default=16, show_default=True, help="Frames shared by consecutive windows.")
+@click.option("--window-frames", type=click.IntRange(min=0), show_default=_default("window_frames"),
+              help="Videos longer than this (plus the overlap) run in overlapping windows of this many frames; 0: never.")
+@click.option("--window-overlap", type=click.IntRange(min=0), show_default=_default("window_overlap"),
+              help="Frames shared by consecutive windows.")
 @click.option("--workers", default=1, show_default=True, help="CPU actors (ignored when --gpus is set).")
 @click.option("--cpus-per-worker", type=int, help="Threads (CPUs) per actor (default: the cluster's CPUs shared out).")
 @click.option("--gpus", default=0, show_default=True, help="GPU actors, one GPU each.")
@@ -120,14 +157,13 @@ def _dataset_choices() -> List[str]:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--fail-on-error", is_flag=True, help="Exit with status 1 when any sequence failed.")
 @click.pass_context
-def submit(ctx, dataset, data_root, split, sequences, inputs, method, flow, flow_weights, flow_iters, flow_height, flow_cache,
-           flow_reliability, features, feature_weights, appearance_weight, appearance_net, refine, stage_refine, work_height, params,
+def submit(ctx, preset, dataset, data_root, split, sequences, inputs, method, flow, flow_weights, flow_iters, flow_height,
+           flow_cache, features, feature_weights, appearance_weight, refine, stage_refine, work_height, params,
            refine_from, window_frames, window_overlap, workers, cpus_per_worker, gpus, address, runtime_env, retries, output,
            s3_endpoint_url, run_id, resume_id, progress, fail_on_error) -> None:
     """Segment a dataset's sequences (or --input videos) on Ray actors; masks + metrics under OUTPUT/RUN_ID/."""
     from click.core import ParameterSource
 
-    from .config import RunConfig
     from .data.download import ensure_dataset
     from .errors import VosbatchError
     from .metrics import format_table, summarise
@@ -138,14 +174,11 @@ def submit(ctx, dataset, data_root, split, sequences, inputs, method, flow, flow
         raise click.UsageError("--resume RUN_ID names the run; do not also pass a different --run-id")
     explicit = {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     values = dict(ctx.params, params=_parse_params(params))
-    cfg = RunConfig(**{field: values[opt] for opt, field in _CONFIG_OPTIONS.items()})
-    explicit_cfg = {_CONFIG_OPTIONS[o] for o in explicit if o in _CONFIG_OPTIONS}
-    try:
-        from .methods import get_method
-
-        get_method(cfg.method)[1](**cfg.method_params)  # validate parameters before starting anything
-    except (TypeError, ValueError) as e:
-        raise click.UsageError(f"--method {method} / --param: {e}")
+    cfg = _run_config(preset, None if inputs else dataset, values)
+    explicit_cfg = {_CONFIG_OPTIONS[o] for o in explicit if o in _CONFIG_OPTIONS} | ({"preset"} if preset else set())
+    if cfg.features != "colour" and cfg.method == "globalopt" and cfg.preset != "paper-globalopt":
+        click.echo(f"note: --features {cfg.features} keeps the {cfg.preset} preset's settings, which were chosen for "
+                   "colour features; --preset paper-globalopt is the authors' recipe for ViT features", err=True)
     if "crf" in (cfg.refine, cfg.stage_refine) and not address:  # the local actors share this environment: say it once, not per sequence
         from .postprocess.crf import CRFUnavailable, require_crf
 
@@ -272,35 +305,29 @@ def report(run, out, compare, data_root, sequences, curves, video_format, fps, w
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for masks/, overlay video and summary.json.")
+@_preset_option
 @click.option("--max-frames", default=300, show_default=True, help="Read at most this many frames (0: all).")
 @click.option("--max-height", default=480, show_default=True,
               help="Downscale taller input to this height first; masks are written at this size (0: keep).")
-@click.option("--work-height", default=240, show_default=True, help="Processing height in pixels.")
-@click.option("--flow", default="dis-fine", show_default=True, help="Flow backend: dis-fine, dis, dis-fast, raft-small, raft.")
-@click.option("--flow-weights", type=click.Path(dir_okay=False), help="Checkpoint for a learned flow backend.")
+@_method_option
+@_flow_option
+@_flow_weights_option
 @_flow_height_option
-@click.option("--method", default="globalopt", show_default=True, help="globalopt or ike.")
+@_work_height_option
 @_refine_option
-@click.option("--param", "-p", "params", multiple=True, help="Method parameter KEY=VALUE (repeatable).")
+@_params_option
 @click.option("--gt", "gt_folder", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of ground-truth PNGs named like the frames (00000.png... for a video): adds J&F.")
 @click.option("--fps", type=float, help="Overlay frame rate (default: the video's; 10 for a frame folder).")
 @click.option("--video-format", default="mp4", show_default=True, type=click.Choice(["mp4", "webm", "webp"]))
-def segment(input_path, out, max_frames, max_height, work_height, flow, flow_weights, flow_height, method, refine, params,
-            gt_folder, fps, video_format) -> None:
+def segment(input_path, out, preset, max_frames, max_height, method, flow, flow_weights, flow_height, work_height, refine,
+            params, gt_folder, fps, video_format) -> None:
     """Segment one video file or folder of frames here (no cluster): PNG masks, overlay video, summary."""
-    from .config import RunConfig
     from .errors import VosbatchError
     from .report import format_summary, segment_input
 
-    cfg = RunConfig(method=method, flow=flow, flow_weights=flow_weights, flow_height=flow_height, work_height=work_height,
-                    refine=refine, method_params=_parse_params(params))
-    try:
-        from .methods import get_method
-
-        get_method(cfg.method)[1](**cfg.method_params)
-    except (TypeError, ValueError) as e:
-        raise click.UsageError(f"--method {method} / --param: {e}")
+    cfg = _run_config(preset, None, dict(method=method, flow=flow, flow_weights=flow_weights, flow_height=flow_height,
+                                         work_height=work_height, refine=refine, params=_parse_params(params)))
     try:
         summary = segment_input(input_path, out, cfg, max_frames=max_frames or None, max_height=max_height or None,
                                 gt_folder=gt_folder, video_format=video_format, fps=fps)

@@ -19,9 +19,7 @@ from .features import create_features
 from .flow import create_flow
 from .flow.base import BidirectionalFlow
 from .flow.cache import cached_flow
-from .flow.reliability import flow_reliability
 from .methods import MethodInput, MethodOutput, get_method
-from .postprocess.appearance import AppearanceNetConfig
 from .postprocess.binarize import binarize
 
 
@@ -34,19 +32,13 @@ class SegmentationResult:
     info: Dict[str, float] = field(default_factory=dict)
 
 
-def appearance_net_settings(cfg: RunConfig) -> Optional[AppearanceNetConfig]:
-    """The appearance net a run configuration asks for (None: the colour model alone)."""
-    return AppearanceNetConfig() if cfg.appearance_net else None
-
-
 def binarize_as_configured(cfg: RunConfig, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
     """Soft masks on the method's grid -> binary masks at the frames' resolution, as ``cfg`` binarises
-    them (appearance net and colour model, then the refinement: fast global smoother, guided filter,
-    dense CRF or none; one K-means threshold per video). It needs no flow or feature model, so saved
-    soft masks are re-scored without loading any."""
+    them (colour model, then the refinement: fast global smoother, dense CRF or none; one K-means
+    threshold per video). It needs no flow or feature model, so saved soft masks are re-scored without
+    loading any."""
     H, W = frames.shape[1:3]
-    return binarize(soft, H, W, seed=cfg.seed, guide=frames, colour_weight=cfg.appearance_weight,
-                    refine=cfg.refine, net=appearance_net_settings(cfg))
+    return binarize(soft, H, W, seed=cfg.seed, guide=frames, colour_weight=cfg.appearance_weight, refine=cfg.refine)
 
 
 class Timer:
@@ -80,9 +72,8 @@ class VideoSegmenter:
     def __init__(self, cfg: RunConfig, flow_cache: Optional[str] = None) -> None:
         self.cfg = cfg
         self.flow_cache = flow_cache  # opt-in per-sequence flow cache (reruns, ablations)
-        fn, cfg_cls = get_method(cfg.method)
-        self.method_fn = fn
-        self.method_cfg = cfg_cls(**cfg.method_params)
+        self.method = get_method(cfg.method)
+        self.method_cfg = self.method.config(cfg.method_params)
         flow_kwargs = {"weights": cfg.flow_weights} if cfg.flow_weights else {}
         if cfg.flow.startswith("raft"):
             flow_kwargs["device"] = cfg.device
@@ -109,18 +100,13 @@ class VideoSegmenter:
             small = resize_frames(frames, h, w)
         with timer("flow"):
             flow = self._flow(frames, small)
-        rel_f = rel_b = None
-        if self.cfg.flow_reliability != "none":  # unreliable flow is excluded, never replaced by zero
-            with timer("flow_reliability"):
-                rel = flow_reliability(small, flow, fb_consistency=self.cfg.flow_reliability == "photometric+fb")
-                rel_f, rel_b = rel.forward, rel.backward
         if prior is not None:
             prior = resize_frames(prior.astype(np.float32), h, w)
         with timer("features"):
             grid = self._feature_grid((h, w))
             feats = self.features(small, grid) if grid else None
         with timer("method"):
-            out = self.method_fn(MethodInput(small, flow, feats, rel_f, rel_b, prior), self.method_cfg)
+            out = self.method.run(MethodInput(small, flow, feats, prior), self.method_cfg)
         # the method's own stages (e.g. init / optimise) replace its lump sum when it reports them
         method_stages = {k[len("seconds_"):]: out.info.pop(k) for k in [k for k in out.info if k.startswith("seconds_")]}
         if method_stages:
@@ -147,6 +133,5 @@ class VideoSegmenter:
         return binarize_as_configured(cfg, frames, soft)
 
     def _feature_grid(self, work_hw) -> Optional[tuple[int, int]]:
-        """Methods that consume appearance features say on which grid (``fn.feature_grid``)."""
-        grid_fn = getattr(self.method_fn, "feature_grid", None)
-        return grid_fn(work_hw, self.method_cfg) if grid_fn else None
+        """Methods that consume appearance features say on which grid (``Method.feature_grid``)."""
+        return self.method.feature_grid(work_hw, self.method_cfg) if self.method.feature_grid else None

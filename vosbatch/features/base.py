@@ -5,11 +5,11 @@ position) needs no weights; ViT backends (DINO, DINOv2 via timm) plug in behind 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Tuple
 
 import numpy as np
 
-_REGISTRY: Dict[str, Callable[..., "FeatureBackend"]] = {}
+from ..registry import Registry
 
 
 class FeatureBackend:
@@ -20,19 +20,10 @@ class FeatureBackend:
         raise NotImplementedError
 
 
-def register_features(name: str):
-    def wrap(factory):
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
-
-
-def available_features() -> list[str]:
-    return sorted(_REGISTRY)
+FEATURES: Registry[Callable[..., FeatureBackend]] = Registry("feature backend")
+register_features = FEATURES.register
+available_features = FEATURES.names
 
 
 def create_features(name: str, **kwargs) -> FeatureBackend:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown feature backend {name!r}; available: {', '.join(available_features())}")
-    return _REGISTRY[name](**kwargs)
+    return FEATURES.get(name)(**kwargs)

@@ -13,10 +13,12 @@ Conventions used across the package:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable
 
 import cv2
 import numpy as np
+
+from ..registry import Registry
 
 
 @dataclass
@@ -76,25 +78,11 @@ def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
     return out.reshape(lead + (height, width, 2)).astype(np.float32)
 
 
-_REGISTRY: Dict[str, Callable[..., FlowBackend]] = {}
-
-
-def register_flow(name: str):
-    """Decorator: make a backend constructible by name (``--flow NAME``)."""
-
-    def wrap(factory: Callable[..., FlowBackend]):
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
-
-
-def available_flows() -> list[str]:
-    return sorted(_REGISTRY)
+FLOWS: Registry[Callable[..., FlowBackend]] = Registry("flow backend")
+register_flow = FLOWS.register  # decorator: make a backend constructible by name (``--flow NAME``)
+available_flows = FLOWS.names
 
 
 def create_flow(name: str, **kwargs) -> FlowBackend:
     """Build a flow backend by name, like ``timm.create_model``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown flow backend {name!r}; available: {', '.join(available_flows())}")
-    return _REGISTRY[name](**kwargs)
+    return FLOWS.get(name)(**kwargs)

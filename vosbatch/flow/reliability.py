@@ -1,4 +1,4 @@
-"""Flow-quality masks: which flow vectors can be trusted.
+"""Flow-quality masks: which flow vectors can be trusted (globalopt's warp terms skip the others).
 
 Two standard tests, both vectorised over whole clips:
 
@@ -32,9 +32,6 @@ _GREY = (0.299, 0.587, 0.114)  # ITU-R BT.601, as cv2.COLOR_RGB2GRAY
 class FlowReliability:
     forward: np.ndarray  # (T-1, H, W) bool: forward[t] reliable on frame t
     backward: np.ndarray  # (T-1, H, W) bool: backward[t] reliable on frame t+1
-
-    def __and__(self, other: "FlowReliability") -> "FlowReliability":
-        return FlowReliability(self.forward & other.forward, self.backward & other.backward)
 
     def fraction(self) -> float:
         """Share of reliable flow vectors over both directions."""
@@ -119,18 +116,3 @@ def consistency_reliability(
             masks[k].append(((lhs < rhs) & (inside[:, 0] > 0.5)).numpy())
     return FlowReliability(np.concatenate(masks[0]), np.concatenate(masks[1]))
 
-
-def flow_reliability(
-    frames: np.ndarray,
-    flow: BidirectionalFlow,
-    percentile: float = 90.0,
-    fb_consistency: bool = False,
-    alpha: float = 0.01,
-    beta: float = 0.5,
-    grey: bool = True,
-) -> FlowReliability:
-    """Photometric mask, AND-ed with the forward-backward mask when ``fb_consistency``."""
-    rel = photometric_reliability(frames, flow, percentile=percentile, grey=grey)
-    if fb_consistency:
-        rel = rel & consistency_reliability(flow, alpha=alpha, beta=beta)
-    return rel

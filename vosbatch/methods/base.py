@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ..config import config_from_params
 from ..flow.base import BidirectionalFlow
+from ..registry import Registry
 
 
 @dataclass
@@ -14,8 +16,6 @@ class MethodInput:
     frames: np.ndarray  # (T,H,W,3) uint8 RGB at the working resolution
     flow: BidirectionalFlow  # at the working resolution
     features: Optional[np.ndarray] = None  # (T,h,w,C) appearance features on the method's grid
-    reliable_forward: Optional[np.ndarray] = None  # (T-1,H,W) bool, flow t->t+1 trustworthy
-    reliable_backward: Optional[np.ndarray] = None  # (T-1,H,W) bool, flow t+1->t trustworthy
     prior: Optional[np.ndarray] = None  # (T,H,W) float32 in [0,1]: another method's masks to refine (--refine-from)
 
 
@@ -26,24 +26,33 @@ class MethodOutput:
     info: Dict[str, float] = field(default_factory=dict)  # diagnostics (iterations, losses...)
 
 
-_REGISTRY: Dict[str, Callable] = {}
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``run(MethodInput, config) -> MethodOutput`` and its config dataclass.
+
+    ``feature_grid(work_hw, config)``: the grid its appearance features must be computed on (None: it
+    uses none). ``stage_names(config)``: the intermediate stages it outputs, known before it runs."""
+
+    run: Callable[[MethodInput, Any], MethodOutput]
+    config_cls: type
+    feature_grid: Optional[Callable[[Tuple[int, int], Any], Tuple[int, int]]] = None
+    stage_names: Callable[[Any], List[str]] = lambda cfg: []
+
+    def config(self, params: Optional[Mapping[str, Any]] = None):
+        """The method's configuration from ``-p`` parameters (dotted keys reach nested groups)."""
+        return config_from_params(self.config_cls, params or {})
 
 
-def register_method(name: str, config_cls):
-    """Register ``fn(MethodInput, config) -> MethodOutput`` with its config dataclass."""
+METHODS: Registry[Method] = Registry("method")
+available_methods = METHODS.names
+get_method = METHODS.get
+
+
+def register_method(name: str, config_cls: type, feature_grid=None, stage_names=None):
+    """Register ``fn(MethodInput, config) -> MethodOutput`` under ``name`` (``--method NAME``)."""
 
     def wrap(fn):
-        _REGISTRY[name] = (fn, config_cls)
+        METHODS.register(name)(Method(fn, config_cls, feature_grid, stage_names or (lambda cfg: [])))
         return fn
 
     return wrap
-
-
-def available_methods() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_method(name: str):
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
-    return _REGISTRY[name]

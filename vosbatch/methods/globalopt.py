@@ -1,34 +1,28 @@
 """Global optimisation of soft masks over a whole video (Ponimatkin et al., WACV 2023).
 
 1. Initialisation (Sec. 3.1): per frame, the second eigenvector of an appearance + motion affinity
-   on a coarse grid (:mod:`vosbatch.ops.spectral`). Motion is the *residual* flow after removing
-   the camera's homography, because camera motion dominates raw flow.
+   (Eq. 2) on a coarse grid (:mod:`vosbatch.ops.spectral`). Motion is the *residual* flow after removing
+   the camera's homography (:mod:`vosbatch.ops.motion`), because camera motion dominates raw flow.
 2. Optimisation (Sec. 3.2, Eq. 1): one objective over all frames,
 
-       L = Σ_p λ·CE(x̂_p, x_p) + CE(x_{p+1}, w_{p→p+1}(x_p)) + CE(x_p, w_{p+1→p}(x_{p+1})),   (1)
+       L = Σ_p λ·CE(x̂_p, x_p) + μ·[CE(x_{p+1}, w_{p→p+1}(x_p)) + CE(x_p, w_{p+1→p}(x_{p+1}))],   (1)
 
    x_p = σ(z_p) the soft mask of frame p, x̂_p its initialisation, w_{a→b} backward warping of a
    mask from frame a onto frame b (sample at q + flow_{b→a}(q)), CE(a, b) = -Σ a log b +
-   (1-a) log(1-b). Minimised with L-BFGS over the logits z in float64 with a summed loss, so the
-   stopping tests see real changes (a float32 mean-normalised loss stops after ~2 iterations).
+   (1-a) log(1-b), μ the warp weight (1 here, 0.01 in the authors' code). Minimised with L-BFGS over
+   the logits z in float64 with a summed loss, so the stopping tests see real changes (a float32
+   mean-normalised loss stops after ~2 iterations).
 
-   Two extensions of the paper are exposed: ``warp_span`` T ties each frame to its neighbours up to
-   ±T frames (supplementary B; T=1 is the paper's choice) through *chained* flow, and ``scales``
-   solves Eq. (1) on coarser grids first (each half the size of the next) and starts the next
-   scale from the upsampled logits, so agreement across many frames travels at coarse cost. Both
-   are off by default: on DAVIS (RAFT-small flow, 4-8 hard val sequences) neither raised J.
-
-   One deviation from the paper is on by default (``warp_reliability="photometric"``): the warp
-   terms of Eq. (1) skip flow vectors that match badly (the worst 10% photometric error per frame,
-   :mod:`vosbatch.flow.reliability`), while the affinity of Eq. (2) keeps all flow. A wrong vector
-   in the affinity is one vote among many; in a warp it drags the mask (libby with RAFT-small: J
-   0.466 with all vectors, 0.562 without the bad ones).
+   The warp terms skip flow vectors that match badly (the worst 10 % photometric error per frame,
+   :mod:`vosbatch.flow.reliability`), while the affinity keeps all flow: a wrong vector in the affinity
+   is one vote among many, in a warp it drags the mask. docs/methods.md lists this and every other
+   departure from the paper.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -37,38 +31,60 @@ import torch.nn.functional as F
 from ..flow.base import resize_flow
 from ..flow.reliability import photometric_reliability
 from ..ops.grid import area_to_grid
-from ..ops.motion import frame_motion, motion_saliency
+from ..ops.motion import frame_motion, motion_saliency, per_frame_motion
 from ..ops.spectral import affinity, bipartition_soft, second_eigenvector
 from ..ops.warp import backward_warp
 from .base import MethodInput, MethodOutput, register_method
 
 
 @dataclass
+class SpectralConfig:
+    """Sec. 3.1: the per-frame affinity of Eq. 2 on a coarse grid and its second eigenvector."""
+
+    grid_stride: int = 8  # working pixels per grid cell (>= 1)
+    grid_size: Optional[Tuple[int, int]] = None  # a fixed (rows, cols) grid instead, e.g. (96, 96) for ViT-B/8 at 768 px
+    alpha_psi: float = 0.1  # α_ψ, weight of appearance in Eq. 2 (>= 0)
+    alpha_phi: float = 1.0  # α_φ, weight of each motion direction in Eq. 2 (>= 0)
+    affinity_threshold: float = 0.0  # s of g_s in Eq. 2: affinities below it are cut, in [-1, 1]
+    affinity_floor: float = 0.0  # the value a cut affinity takes (0: no edge)
+    motion: str = "residual"  # φ: "residual" (flow minus the camera's homography) or "flow" (the flow as it is)
+    flow_clip: Optional[float] = None  # clip flow components to ±this many pixels before they become φ
+    motion_scale: float = 4.0  # third component of residual φ, in units of the frame's residual noise (> 0)
+    pic_tol: float = 1e-6  # power iteration stops when the direction changes by less (1 - |cos|)
+    pic_max_iter: int = 400  # power iteration cap
+    pic_batch: int = 8  # frames per batched eigen-solve (bounds memory: pic_batch x nodes² floats)
+    sharpness: float = 3.0  # slope of the soft initialisation around the cut, in eigenvector standard deviations
+
+
+@dataclass
+class OptimisationConfig:
+    """Sec. 3.2: Eq. 1 over all frames of a window."""
+
+    enabled: bool = True  # False: the initialisation is the output
+    stride: int = 4  # working pixels per optimisation-grid cell (1: the working resolution)
+    lam: float = 1.0  # λ, weight of the initialisation term (> 0)
+    warp_weight: float = 1.0  # μ, weight of the warp terms (>= 0)
+    coarse_to_fine: bool = False  # solve on the spectral grid first, then on this grid from that solution
+    lbfgs_max_iter: int = 100  # L-BFGS iterations per grid
+
+
+@dataclass
 class GlobalOptConfig:
-    grid_stride: int = 8  # working pixels per spectral-grid cell
-    opt_stride: int = 4  # working pixels per optimisation-grid cell
-    alpha_psi: float = 0.1  # appearance weight in Eq. (2): colour is a weak cue without learned features
-    alpha_phi: float = 1.0  # motion weight in Eq. (2)
-    affinity_threshold: float = 0.0  # s in g_s
-    motion_scale: float = 4.0  # constant third component of motion features, in units of the frame's residual noise
-    pic_tol: float = 1e-6
-    pic_max_iter: int = 400
-    pic_batch: int = 8  # frames per batched eigen-solve (bounds memory)
-    sharpness: float = 3.0  # slope of the soft init around the split
-    split: str = "motion"  # where to cut the eigenvector: "motion" (Otsu on saliency), "ncut" sweep, "2means"
-    lam: float = 1.0  # λ in Eq. (1)
-    reliability_in: str = "both"  # where flow-quality masks apply: "both", "affinity" (Eq. 2) or "optimisation" (Eq. 1)
-    warp_reliability: str = "photometric"  # Eq. 1's warp weights: "input" (the run's flow-quality masks, if any) or
-    # "photometric" (the run's masks when it has them, else computed here for the warp terms alone)
-    warp_span: int = 1  # T: warp terms between frames up to ±T apart (supp. B); T>1 chains the flows
-    scales: int = 1  # multi-scale: 2 solves on the half-size grid first, then on the optimisation grid
-    lbfgs_max_iter: int = 100  # per scale
-    optimise: bool = True
-    seed: int = 0
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
+    optimisation: OptimisationConfig = field(default_factory=OptimisationConfig)
+    seed: int = 0  # RANSAC samples of the background fit and the power iteration's start
+
+    def __post_init__(self) -> None:
+        if self.spectral.motion not in ("residual", "flow"):
+            raise ValueError(f"globalopt spectral.motion={self.spectral.motion!r}: choose residual or flow")
 
 
 def feature_grid(work_hw: Tuple[int, int], cfg: GlobalOptConfig) -> Tuple[int, int]:
-    return max(2, work_hw[0] // cfg.grid_stride), max(2, work_hw[1] // cfg.grid_stride)
+    """The spectral grid: the nodes of Eq. 2, where appearance features are computed."""
+    if cfg.spectral.grid_size:
+        return int(cfg.spectral.grid_size[0]), int(cfg.spectral.grid_size[1])
+    s = cfg.spectral.grid_stride
+    return max(2, work_hw[0] // s), max(2, work_hw[1] // s)
 
 
 def _to_grid(x: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
@@ -89,16 +105,31 @@ def _motion_features(res: np.ndarray, scale: float) -> Tuple[np.ndarray, np.ndar
     return np.concatenate([r, c], -1).astype(np.float32), present
 
 
+def _node_motion(inp: MethodInput, cfg: GlobalOptConfig, hw: Tuple[int, int]):
+    """φ⁺, φ⁻ per node (T,h,w,C), where they exist (T,h,w), and the motion saliency (T,h,w)."""
+    sc = cfg.spectral
+    forward, backward = inp.flow.forward, inp.flow.backward
+    if sc.flow_clip:
+        forward, backward = (np.clip(f, -sc.flow_clip, sc.flow_clip) for f in (forward, backward))
+    nxt, prv = frame_motion(forward, backward, seed=cfg.seed)
+    saliency = np.nan_to_num(_to_grid(motion_saliency(nxt, prv), hw)[..., 0])
+    if sc.motion == "residual":
+        phi_n, rel_n = _motion_features(_to_grid(nxt, hw), sc.motion_scale)
+        phi_p, rel_p = _motion_features(_to_grid(prv, hw), sc.motion_scale)
+        return phi_n, rel_n, phi_p, rel_p, saliency
+    # the flow as it is (the authors' φ): a frame without a next (previous) flow uses the other direction
+    raw_n, raw_p = (_to_grid(m, hw) for m in per_frame_motion(forward, backward))
+    raw_n, raw_p = np.where(np.isnan(raw_n), -np.nan_to_num(raw_p), raw_n), np.where(np.isnan(raw_p), -np.nan_to_num(raw_n), raw_p)
+    ones = np.ones(raw_n.shape[:-1], bool)
+    return raw_n, ones, raw_p, ones, saliency
+
+
 def initial_masks(inp: MethodInput, cfg: GlobalOptConfig) -> Tuple[np.ndarray, dict]:
     """Per-frame soft masks (T,h,w) on the spectral grid, Sec. 3.1."""
-    t_len, H, W = inp.frames.shape[:3]
-    h, w = feature_grid((H, W), cfg)
-    masks = (inp.reliable_forward, inp.reliable_backward) if cfg.reliability_in in ("both", "affinity") else (None, None)
-    nxt, prv = frame_motion(inp.flow.forward, inp.flow.backward, *masks, seed=cfg.seed)
-    saliency = _to_grid(motion_saliency(nxt, prv), (h, w))[..., 0]
-    saliency = np.nan_to_num(saliency)
-    phi_n, rel_n = _motion_features(_to_grid(nxt, (h, w)), cfg.motion_scale)
-    phi_p, rel_p = _motion_features(_to_grid(prv, (h, w)), cfg.motion_scale)
+    sc = cfg.spectral
+    t_len = inp.frames.shape[0]
+    h, w = feature_grid(inp.frames.shape[1:3], cfg)
+    phi_n, rel_n, phi_p, rel_p, saliency = _node_motion(inp, cfg, (h, w))
     psi = inp.features
     if psi is None or psi.shape[1:3] != (h, w):
         raise ValueError(f"features must be on the {h}x{w} spectral grid, got {None if psi is None else psi.shape}")
@@ -108,18 +139,18 @@ def initial_masks(inp: MethodInput, cfg: GlobalOptConfig) -> Tuple[np.ndarray, d
     n = h * w
     soft = np.empty((t_len, h, w), np.float32)
     iters = []
-    for s0 in range(0, t_len, cfg.pic_batch):
-        sl = slice(s0, min(t_len, s0 + cfg.pic_batch))
+    for s0 in range(0, t_len, sc.pic_batch):
+        sl = slice(s0, min(t_len, s0 + sc.pic_batch))
         tt = lambda a, c: torch.from_numpy(np.ascontiguousarray(a[sl])).reshape(-1, n, c)  # noqa: E731
         a = affinity(
-            tt(psi, psi.shape[-1]), tt(phi_n, 3), tt(phi_p, 3),
+            tt(psi, psi.shape[-1]), tt(phi_n, phi_n.shape[-1]), tt(phi_p, phi_p.shape[-1]),
             tt(rel_n.astype(np.float32), 1)[..., 0], tt(rel_p.astype(np.float32), 1)[..., 0],
-            cfg.alpha_psi, cfg.alpha_phi, cfg.affinity_threshold,
+            sc.alpha_psi, sc.alpha_phi, sc.affinity_threshold, sc.affinity_floor,
         )
         sal = tt(saliency, 1)[..., 0]
         start = sal - sal.mean(-1, keepdim=True)  # a warm start; convergence does not depend on it
-        res = second_eigenvector(a, start=start, tol=cfg.pic_tol, max_iter=cfg.pic_max_iter, seed=cfg.seed)
-        soft[sl] = bipartition_soft(res.vectors, sal, border, cfg.sharpness, a, cfg.split).reshape(-1, h, w).numpy()
+        res = second_eigenvector(a, start=start, tol=sc.pic_tol, max_iter=sc.pic_max_iter, seed=cfg.seed)
+        soft[sl] = bipartition_soft(res.vectors, sal, border, sc.sharpness).reshape(-1, h, w).numpy()
         iters += res.iterations.tolist()
     return soft, {"pic_iterations_mean": float(np.mean(iters)), "pic_iterations_max": float(np.max(iters))}
 
@@ -129,195 +160,107 @@ def _ce(target: torch.Tensor, prob: torch.Tensor, eps: float = 1e-6) -> torch.Te
     return -(target * prob.log() + (1 - target) * (1 - prob).log())
 
 
-@dataclass
-class WarpTerms:
-    """The warp terms of Eq. (1) between frames p and p+d (``offset`` d), for p = 0 … T-1-d.
-
-    ``flow_fwd`` (T-d,h,w,2) is flow p->p+d and ``flow_bwd`` flow p+d->p on the optimisation grid.
-    ``weight_next`` (T-d,1,h,w) weights the term on frame p+d (it samples x_p with ``flow_bwd``),
-    ``weight_prev`` the term on frame p (it samples x_{p+d} with ``flow_fwd``); both already hold 0
-    where a sample leaves the image or the flow is unreliable.
-    """
-
-    offset: int
-    flow_fwd: torch.Tensor
-    flow_bwd: torch.Tensor
-    weight_next: torch.Tensor
-    weight_prev: torch.Tensor
-
-
-def warp_terms_loss(x: torch.Tensor, terms: WarpTerms) -> torch.Tensor:
-    """Σ_p CE(x_{p+d}, w_{p→p+d}(x_p)) + CE(x_p, w_{p+d→p}(x_{p+d})), weighted (Eq. 1's pair terms)."""
-    d = terms.offset
-    to_next, _ = backward_warp(x[:-d], terms.flow_bwd)  # w_{p->p+d}(x_p), on frame p+d
-    to_prev, _ = backward_warp(x[d:], terms.flow_fwd)  # w_{p+d->p}(x_{p+d}), on frame p
-    return (terms.weight_next * _ce(x[d:], to_next)).sum() + (terms.weight_prev * _ce(x[:-d], to_prev)).sum()
-
-
-def eq1_loss(
-    z: torch.Tensor,
-    init: torch.Tensor,
-    flow_fwd: torch.Tensor,
-    flow_bwd: torch.Tensor,
-    weight_fwd: torch.Tensor,
-    weight_bwd: torch.Tensor,
-    lam: float,
-    eps: float = 1e-6,
-) -> torch.Tensor:
-    """Eq. (1) for logits z (T,1,h,w), targets ``init`` (T,1,h,w), flows (T-1,h,w,2) on the same grid.
-
-    ``weight_fwd`` (T-1,1,h,w) weights the term on frame p+1 (it uses flow p+1->p = ``flow_bwd``),
-    ``weight_bwd`` the term on frame p (flow p->p+1 = ``flow_fwd``); 0 drops unreliable flow and
-    samples that leave the image.
-    """
-    terms = adjacent_terms(flow_fwd, flow_bwd, weight_fwd, weight_bwd)
-    return eq1_loss_terms(z, init, [terms], lam)
-
-
-def eq1_loss_terms(z: torch.Tensor, init: torch.Tensor, terms: List[WarpTerms], lam: float) -> torch.Tensor:
-    """Eq. (1) with the warp terms of every offset in ``terms`` (±T frames, supp. B), summed."""
-    unary = F.binary_cross_entropy_with_logits(z, init, reduction="sum")
-    x = torch.sigmoid(z)
-    return lam * unary + sum(warp_terms_loss(x, t) for t in terms)
-
-
 def _inside(flow: torch.Tensor) -> torch.Tensor:
     """(N,1,h,w) 1 where following ``flow`` (N,h,w,2) lands inside the grid."""
     return backward_warp(torch.zeros(flow.shape[0], 1, *flow.shape[1:3], dtype=flow.dtype), flow)[1]
 
 
-def adjacent_terms(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor, weight_fwd: torch.Tensor,
-                   weight_bwd: torch.Tensor) -> WarpTerms:
-    """Offset-1 terms; the weights gain the in-image test of their sampling flow."""
-    return WarpTerms(1, flow_fwd, flow_bwd, weight_fwd * _inside(flow_bwd), weight_bwd * _inside(flow_fwd))
+def eq1_loss(z: torch.Tensor, init: torch.Tensor, flow_fwd: torch.Tensor, flow_bwd: torch.Tensor,
+             weight_next: torch.Tensor, weight_prev: torch.Tensor, lam: float, warp_weight: float = 1.0) -> torch.Tensor:
+    """Eq. (1) for logits z (T,1,h,w), targets ``init`` (T,1,h,w), flows (T-1,h,w,2) on the same grid.
 
-
-def chain_flows(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor, weight_fwd: torch.Tensor,
-                weight_bwd: torch.Tensor, span: int) -> List[WarpTerms]:
-    """Warp terms for offsets 1 … ``span`` from adjacent flows (T-1,h,w,2) by composing them.
-
-    flow_{p→p+d}(q) = flow_{p→p+1}(q) + flow_{p+1→p+d}(q + flow_{p→p+1}(q)), and likewise backwards
-    (flow_{p+d→p} = flow_{p+d→p+d-1} followed by flow_{p+d-1→p}). A chained vector is trusted where
-    every step is: the weights multiply along the chain (warped the same way), and leaving the image
-    at any step zeroes them.
+    ``weight_next`` (T-1,1,h,w) weights the term on frame p+1 (it samples x_p with flow p+1->p =
+    ``flow_bwd``), ``weight_prev`` the term on frame p (it samples x_{p+1} with ``flow_fwd``); 0 drops
+    unreliable flow and samples that leave the image (:func:`warp_weights`).
     """
-    one = adjacent_terms(flow_fwd, flow_bwd, weight_fwd, weight_bwd)
-    terms = [one]
-    # per-step weights of the flows themselves: reliability of the flow's start frame x in-image
-    step_fwd_w, step_bwd_w = one.weight_prev, one.weight_next  # on frame p (flow p->p+1) / p+1 (flow p+1->p)
-    fwd, bwd, wf_chain, wb_chain = flow_fwd, flow_bwd, step_fwd_w, step_bwd_w
-    for d in range(2, span + 1):
-        if flow_fwd.shape[0] - d + 1 < 1:
-            break
-        # forward: p -> p+1 (adjacent, frames 0..T-1-d), then p+1 -> p+d (previous chain starting at p+1)
-        f1 = flow_fwd[: fwd.shape[0] - 1]
-        rest, _ = backward_warp(fwd[1:].permute(0, 3, 1, 2), f1)
-        rest_w, _ = backward_warp(wf_chain[1:], f1)
-        new_fwd = f1 + rest.permute(0, 2, 3, 1)
-        new_wf = step_fwd_w[: f1.shape[0]] * rest_w
-        # backward: p+d -> p+d-1 (adjacent, index p+d-1), then p+d-1 -> p (previous chain at p)
-        b1 = flow_bwd[d - 1:]
-        rest, _ = backward_warp(bwd[:-1].permute(0, 3, 1, 2), b1)
-        rest_w, _ = backward_warp(wb_chain[:-1], b1)
-        new_bwd = b1 + rest.permute(0, 2, 3, 1)
-        new_wb = step_bwd_w[d - 1:] * rest_w
-        fwd, bwd, wf_chain, wb_chain = new_fwd, new_bwd, new_wf, new_wb
-        terms.append(WarpTerms(d, fwd, bwd, weight_next=wb_chain * _inside(bwd), weight_prev=wf_chain * _inside(fwd)))
-    return terms
+    unary = F.binary_cross_entropy_with_logits(z, init, reduction="sum")
+    x = torch.sigmoid(z)
+    to_next, _ = backward_warp(x[:-1], flow_bwd)  # w_{p->p+1}(x_p), on frame p+1
+    to_prev, _ = backward_warp(x[1:], flow_fwd)  # w_{p+1->p}(x_{p+1}), on frame p
+    warps = (weight_next * _ce(x[1:], to_next)).sum() + (weight_prev * _ce(x[:-1], to_prev)).sum()
+    return lam * unary + warp_weight * warps
 
 
-def optimise(
-    init: np.ndarray,
-    flow_fwd: np.ndarray,
-    flow_bwd: np.ndarray,
-    weight_fwd: Optional[np.ndarray],
-    weight_bwd: Optional[np.ndarray],
-    lam: float,
-    max_iter: int = 100,
-    warp_span: int = 1,
-    scales: int = 1,
-) -> Tuple[np.ndarray, dict]:
+def warp_weights(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor, reliable_next: torch.Tensor,
+                 reliable_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1's pair weights: the flow's reliability times the in-image test of the flow that samples."""
+    return reliable_next * _inside(flow_bwd), reliable_prev * _inside(flow_fwd)
+
+
+def optimise(init: np.ndarray, flow_fwd: np.ndarray, flow_bwd: np.ndarray, reliable_next: Optional[np.ndarray],
+             reliable_prev: Optional[np.ndarray], lam: float, max_iter: int = 100, warp_weight: float = 1.0,
+             start: Optional[np.ndarray] = None) -> Tuple[np.ndarray, dict]:
     """Minimise Eq. (1) from the initialisation with L-BFGS; returns soft masks (T,h,w).
 
-    Inputs live on one grid (h,w). With ``scales`` > 1 the problem is first solved on grids halved
-    ``scales``-1 times (init area-averaged, flows resized *and rescaled*, weights averaged), each
-    solution's logits upsampled to start the next finer solve.
+    Inputs live on one grid (h,w): flows in its pixels, reliabilities (T-1,h,w) in [0,1] weighting the
+    term on frame p+1 (``reliable_next``) and on frame p (``reliable_prev``). ``start``: logits to start
+    from (default: the initialisation's), e.g. a coarser grid's solution upsampled.
     """
     dt = torch.float64
     t_len, h, w = init.shape
-    ones = np.ones((t_len - 1, h, w), np.float64)
-    wf_full = ones if weight_fwd is None else np.asarray(weight_fwd, np.float64)
-    wb_full = ones if weight_bwd is None else np.asarray(weight_bwd, np.float64)
-    grids = [(max(2, h >> k), max(2, w >> k)) for k in range(max(1, scales) - 1, -1, -1)]
-    z = None
-    info = {"loss_evals": 0.0}
-    for gh, gw in grids:
-        def on_grid(a):
-            t = torch.from_numpy(np.ascontiguousarray(a, np.float64))[:, None]
-            return F.adaptive_avg_pool2d(t, (gh, gw)) if (gh, gw) != (h, w) else t
 
-        init_t = on_grid(init).clamp(1e-4, 1 - 1e-4)
-        ff = torch.from_numpy(resize_flow(flow_fwd, gh, gw)).to(dt)
-        fb = torch.from_numpy(resize_flow(flow_bwd, gh, gw)).to(dt)
-        terms = chain_flows(ff, fb, on_grid(wf_full), on_grid(wb_full), warp_span)
-        z0 = torch.logit(init_t) if z is None else F.interpolate(z, size=(gh, gw), mode="bilinear", align_corners=False)
-        z = z0.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS(
-            [z], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-            tolerance_grad=1e-9, tolerance_change=1e-12,
-        )
-        evals = []
+    def weight(a):
+        return torch.ones(t_len - 1, 1, h, w, dtype=dt) if a is None else torch.from_numpy(np.ascontiguousarray(a, np.float64))[:, None]
 
-        def closure():
-            opt.zero_grad()
-            loss = eq1_loss_terms(z, init_t, terms, lam)
-            loss.backward()
-            evals.append(float(loss.detach()))
-            return loss
+    init_t = torch.from_numpy(np.ascontiguousarray(init, np.float64))[:, None].clamp(1e-4, 1 - 1e-4)
+    ff = torch.from_numpy(flow_fwd).to(dt)
+    fb = torch.from_numpy(flow_bwd).to(dt)
+    w_next, w_prev = warp_weights(ff, fb, weight(reliable_next), weight(reliable_prev))
+    z = (torch.logit(init_t) if start is None else torch.from_numpy(np.ascontiguousarray(start, np.float64))[:, None]).clone()
+    z.requires_grad_(True)
+    opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+    evals = []
 
-        opt.step(closure)
-        z = z.detach()
-        info["loss_evals"] += len(evals)
-        info.setdefault("loss_start", evals[0])
-        info["loss_end"] = evals[-1]
-    info["loss_start_final_scale"] = evals[0]
+    def closure():
+        opt.zero_grad()
+        loss = eq1_loss(z, init_t, ff, fb, w_next, w_prev, lam, warp_weight)
+        loss.backward()
+        evals.append(float(loss.detach()))
+        return loss
+
+    opt.step(closure)
+    z = z.detach()
     soft = torch.sigmoid(z).float()[:, 0].numpy()
-    return soft, info
+    return soft, {"loss_evals": float(len(evals)), "loss_start": evals[0], "loss_end": evals[-1], "logits": z[:, 0].numpy()}
 
 
-@register_method("globalopt", GlobalOptConfig)
+def _optimise_on(init: np.ndarray, inp: MethodInput, reliability, hw: Tuple[int, int], cfg: OptimisationConfig,
+                 start: Optional[np.ndarray] = None):
+    """Eq. 1 on an (h,w) grid: flows resized and rescaled to it, reliabilities area-averaged onto it."""
+    rel_next = _to_grid(reliability.backward.astype(np.float32), hw)[..., 0]  # the term's weight lives on the
+    rel_prev = _to_grid(reliability.forward.astype(np.float32), hw)[..., 0]  # frame its flow starts from
+    return optimise(init, resize_flow(inp.flow.forward, *hw), resize_flow(inp.flow.backward, *hw), rel_next, rel_prev,
+                    cfg.lam, cfg.lbfgs_max_iter, cfg.warp_weight, start)
+
+
+def _upsample(x: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
+    return F.interpolate(torch.from_numpy(x)[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
 def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     """Spectral initialisation + Eq. (1) global optimisation; soft masks on the optimisation grid."""
-    t_len, H, W = inp.frames.shape[:3]
+    H, W = inp.frames.shape[1:3]
+    oc = cfg.optimisation
     t0 = time.perf_counter()
     init, info = initial_masks(inp, cfg)
     info["seconds_init"] = time.perf_counter() - t0
-    oh, ow = max(2, H // cfg.opt_stride), max(2, W // cfg.opt_stride)
-    init_o = F.interpolate(torch.from_numpy(init)[:, None], size=(oh, ow), mode="bilinear", align_corners=False)
-    init_o = init_o[:, 0].numpy()
-    if not cfg.optimise:
+    hw = (max(2, H // oc.stride), max(2, W // oc.stride))
+    init_o = _upsample(init, hw)
+    if not oc.enabled:
         return MethodOutput(init_o, {"init": init_o}, info)
     t0 = time.perf_counter()
-    wf = wb = None
-    rel_f, rel_b = inp.reliable_forward, inp.reliable_backward
-    if cfg.warp_reliability == "photometric" and rel_f is None:
-        # a warp through badly matched flow drags masks to the wrong place; a vector that is merely
-        # uncertain for the affinity still says something, so the two uses can be masked separately
-        rel = photometric_reliability(inp.frames, inp.flow)
-        rel_f, rel_b = rel.forward, rel.backward
-    elif cfg.warp_reliability not in ("input", "photometric"):
-        raise ValueError(f"warp_reliability must be 'input' or 'photometric', not {cfg.warp_reliability!r}")
-    if rel_f is not None and (cfg.reliability_in in ("both", "optimisation") or cfg.warp_reliability == "photometric"):
-        # the weight of a term lives on the frame the flow starts from
-        wb = _to_grid(rel_f.astype(np.float32), (oh, ow))[..., 0]
-        wf = _to_grid(rel_b.astype(np.float32), (oh, ow))[..., 0]
-    soft, oinfo = optimise(
-        init_o, resize_flow(inp.flow.forward, oh, ow), resize_flow(inp.flow.backward, oh, ow), wf, wb,
-        cfg.lam, cfg.lbfgs_max_iter, warp_span=cfg.warp_span, scales=cfg.scales,
-    )
+    # a warp through badly matched flow drags masks to the wrong place (the affinity keeps every vector)
+    reliability = photometric_reliability(inp.frames, inp.flow)
+    start = None
+    if oc.coarse_to_fine and init.shape[1:] != hw:
+        _, coarse = _optimise_on(init, inp, reliability, init.shape[1:], oc)
+        start = _upsample(coarse["logits"], hw)
+    soft, oinfo = _optimise_on(init_o, inp, reliability, hw, oc, start)
+    oinfo.pop("logits")
     info.update(oinfo)
     info["seconds_optimise"] = time.perf_counter() - t0
     return MethodOutput(soft, {"init": init_o}, info)
 
 
-globalopt.feature_grid = feature_grid  # the grid the appearance features must be computed on
+register_method("globalopt", GlobalOptConfig, feature_grid=feature_grid, stage_names=lambda cfg: ["init"])(globalopt)

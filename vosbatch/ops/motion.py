@@ -14,9 +14,6 @@ import cv2
 import numpy as np
 
 
-EPIPOLAR_FALLBACKS = ("homography", "none")  # independent_motion's output where GRIC keeps the homography
-
-
 def _background_samples(h: int, w: int, n: int, rng: np.random.Generator, band: float = 0.15):
     """Sample points for the background fit, two thirds from the image's border band.
 
@@ -96,17 +93,10 @@ def per_frame_motion(forward_residual: np.ndarray, backward_residual: np.ndarray
     return nxt, prv
 
 
-def frame_motion(forward: np.ndarray, backward: np.ndarray, reliable_forward: Optional[np.ndarray] = None,
-                 reliable_backward: Optional[np.ndarray] = None, residual: bool = True, seed: int = 0,
-                 layers: int = 1):
+def frame_motion(forward: np.ndarray, backward: np.ndarray, seed: int = 0, layers: int = 1):
     """Object motion attached to frames, as :func:`per_frame_motion`: the flow minus the camera's
-    (``residual``), NaN where it is missing: no next/previous frame, or flow that the run's
-    flow-quality masks mark unreliable (a wrong vector is unknown motion, not zero motion)."""
-    if residual:
-        forward, backward = (residual_flow(f, layers=layers, seed=seed) for f in (forward, backward))
-    if reliable_forward is not None:
-        forward = np.where(reliable_forward[..., None], forward, np.nan)
-        backward = np.where(reliable_backward[..., None], backward, np.nan)
+    (:func:`residual_flow`), NaN where there is no next/previous frame."""
+    forward, backward = (residual_flow(f, layers=layers, seed=seed) for f in (forward, backward))
     return per_frame_motion(forward, backward)
 
 
@@ -137,7 +127,7 @@ def _gric(sq_err: np.ndarray, sigma: float, manifold_dim: int, params: int) -> f
 
 
 def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float = 1.0, seed: int = 0,
-                       sigma: Optional[float] = None, fallback: str = "homography") -> np.ndarray:
+                       sigma: Optional[float] = None) -> np.ndarray:
     """Per-pixel distance (pixels) of each flow vector from the background's two-view geometry.
 
     A homography removes the camera's rotation and a distant scene's motion, but a near static surface
@@ -147,20 +137,18 @@ def independent_motion(flow: np.ndarray, samples: int = 1500, threshold: float =
     the background has depth: on a planar or distant background (or a rotating camera) every F of the
     form [e']ₓH fits it, and RANSAC picks the e' that also fits the object. So the model is chosen per
     frame pair by GRIC (Torr 1998): the distance from the epipolar line of F where F explains the background
-    better than H; elsewhere (``fallback``) the homography residual, or NaN ("none": no distance beyond what
-    the homography's residual already says). (N,H,W,2) -> (N,H,W).
+    better than H; elsewhere NaN (no distance beyond what the homography's residual already says: the
+    homography's residual there would be a second near-flat noise channel beside the saliency).
+    (N,H,W,2) -> (N,H,W).
     """
-    if fallback not in EPIPOLAR_FALLBACKS:
-        raise ValueError(f"independent_motion fallback={fallback!r}: choose {' or '.join(EPIPOLAR_FALLBACKS)}")
     n, h, w = flow.shape[:3]
     grid = _pixel_grid(h, w)
     p = np.concatenate([grid, np.ones((h, w, 1), np.float32)], -1).astype(np.float64)
-    out = np.zeros((n, h, w), np.float32)
+    out = np.full((n, h, w), np.nan, np.float32)
     rng = np.random.default_rng(seed)
     for i, f in enumerate(flow):
         src, dst, sample = _background_pairs(f, samples, rng)
         H = _fit_homography(src, dst, threshold)
-        out[i] = np.linalg.norm(_homography_residual(f, H, grid), axis=-1) if fallback == "homography" else np.nan
         F, _ = _epipolar_model(f, src, dst, sample, _homography_error(src, dst, H), threshold, sigma)
         if F is not None:
             out[i] = _epipolar_line_distance(F, p, np.concatenate([p[..., :2] + f, p[..., 2:]], -1))

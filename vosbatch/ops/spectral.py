@@ -43,10 +43,12 @@ def affinity(
     alpha_psi: float = 1.0,
     alpha_phi: float = 1.0,
     s: float = 0.0,
+    floor: float = 0.0,
 ) -> torch.Tensor:
     """Dense per-frame affinity, Eq. (2), for a batch of frames: (B,N,·) -> (B,N,N) float32.
 
-    ``reliable_*`` (B,N) in [0,1] weight the motion terms of each node (0: missing/unreliable).
+    ``reliable_*`` (B,N) in [0,1] weight the motion terms of each node (0: missing/unreliable). Values
+    below ``s`` become ``floor`` (g_s; the authors' code keeps a tiny 1e-6 there instead of cutting the edge).
     The numerator is one Gram matrix of the stacked, weighted features (r_i r_j⟨φ_i,φ_j⟩ =
     ⟨r_iφ_i, r_jφ_j⟩), the pairwise normaliser another of the stacked weights, so only two N×N
     matrices exist at any time and the result is thresholded in place.
@@ -61,7 +63,7 @@ def affinity(
     den = torch.bmm(weights, weights.transpose(1, 2))  # α_ψ + α_φ(r⁺_i r⁺_j + r⁻_i r⁻_j)
     a.div_(den.clamp_min_(1e-12))
     del den
-    a.masked_fill_(a < s, 0.0)
+    a.masked_fill_(a < s, floor)
     return a.clamp_min_(0.0)
 
 
@@ -112,24 +114,6 @@ def _gap_thresholds(v: torch.Tensor, candidates: int) -> torch.Tensor:
     return 0.5 * (srt[:, ranks - 1] + srt[:, ranks])
 
 
-def ncut_sweep_threshold(v: torch.Tensor, a: torch.Tensor, candidates: int = 48) -> torch.Tensor:
-    """Split point of each eigenvector minimising the normalised cut (Shi & Malik 2000, Sec. 3.1).
-
-    The eigenvector is only a relaxed solution: its best discrete cut is found by sweeping
-    thresholds (quantiles of v) and scoring Ncut(S, S̄) = cut/vol(S) + cut/vol(S̄) on the affinity.
-    A fixed split (zero, median, 2-means midpoint) routinely cuts through the background instead.
-    """
-    taus = _gap_thresholds(v, candidates)  # (B, K)
-    x = (v[:, :, None] > taus[:, None, :]).to(a.dtype)  # (B, N, K) indicator of S for each threshold
-    deg = a.sum(-1)  # (B, N)
-    ax = torch.bmm(a, x)  # (B, N, K)
-    vol_s = (x * deg[:, :, None]).sum(1)
-    cut = (x * (deg[:, :, None] - ax)).sum(1)
-    vol_total = deg.sum(-1, keepdim=True)
-    ncut = cut / vol_s.clamp_min(1e-9) + cut / (vol_total - vol_s).clamp_min(1e-9)
-    return taus.gather(1, ncut.argmin(-1, keepdim=True))[:, 0]
-
-
 def motion_split_threshold(v: torch.Tensor, saliency: torch.Tensor, candidates: int = 128) -> torch.Tensor:
     """Split point along each eigenvector that best separates moving from static nodes.
 
@@ -153,19 +137,16 @@ def bipartition_soft(
     saliency: torch.Tensor,
     border: torch.Tensor,
     sharpness: float = 3.0,
-    a: Optional[torch.Tensor] = None,
-    split: str = "motion",
 ) -> torch.Tensor:
     """Soft foreground mask from eigenvectors (B,N), choosing the object side robustly.
 
-    The split point minimises the normalised cut on the affinity ``a`` when given (else the 2-means
-    threshold of v). The object is the side that moves more against the background (mean motion
+    The split point best separates moving from static nodes (:func:`motion_split_threshold`). The
+    object is the side that moves more against the background (mean motion
     ``saliency``); when the sides move alike, the side touching the image ``border`` (bool (N,))
     less. Size is deliberately not used: objects can fill the frame.
     """
     vs = v / v.std(dim=-1, keepdim=True).clamp_min(1e-12)
-    tau = motion_split_threshold(vs, saliency) if split == "motion" else (
-        ncut_sweep_threshold(vs, a) if split == "ncut" and a is not None else _two_means_threshold(vs))
+    tau = motion_split_threshold(vs, saliency)
     pos = vs > tau[:, None]
 
     def side_mean(x, m):
@@ -179,15 +160,3 @@ def bipartition_soft(
     pos_is_fg = torch.where(by_motion, contrast > 0, bor_pos < bor_neg)
     sign = torch.where(pos_is_fg, 1.0, -1.0).to(v.dtype)
     return torch.sigmoid(sharpness * sign[:, None] * (vs - tau[:, None]))
-
-
-def _two_means_threshold(x: torch.Tensor, iters: int = 20) -> torch.Tensor:
-    """1-D 2-means (Lloyd) per row; returns the midpoint of the two centres."""
-    lo = x.quantile(0.25, dim=-1)
-    hi = x.quantile(0.75, dim=-1)
-    for _ in range(iters):
-        t = 0.5 * (lo + hi)
-        m = x > t[:, None]
-        hi = (x * m).sum(-1) / m.sum(-1).clamp_min(1)
-        lo = (x * ~m).sum(-1) / (~m).sum(-1).clamp_min(1)
-    return 0.5 * (lo + hi)

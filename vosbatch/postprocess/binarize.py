@@ -1,8 +1,7 @@
 """Soft masks at a coarse grid -> binary masks at the original resolution.
 
 Refinements (``refine``): ``"crf"`` (the fast global smoother, then a dense CRF: the pipeline's default,
-``RunConfig.refine``), ``"fgs"`` (the smoother alone), ``"guided"`` (guided filter), ``"none"`` (plain
-bilinear upsampling).
+``RunConfig.refine``), ``"fgs"`` (the smoother alone), ``"none"`` (plain bilinear upsampling).
 """
 from __future__ import annotations
 
@@ -14,11 +13,9 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
 from ..config import REFINEMENTS
-from .appearance import AppearanceNetConfig, appearance_net, colour_model_refine
+from .colour_model import colour_model_refine
 from .crf import CRFParams, crf_refine
-from .refine import guided_refine, smoother_refine
-
-EDGE_FILTERS = {"fgs": smoother_refine, "guided": guided_refine, "crf": smoother_refine}  # "crf": its unary
+from .refine import smoother_refine
 
 
 def upsample(soft: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -67,16 +64,13 @@ def binarize(
     colour_weight: float = 0.0,
     refine: str = "fgs",
     crf_params: Optional[CRFParams] = None,
-    net: Optional[AppearanceNetConfig] = None,
 ) -> np.ndarray:
     """Soft masks on a coarse grid (T,h,w) -> binary masks (T,height,width) at full resolution.
 
-    With ``guide`` frames (T,height,width,3) and ``net``, the appearance net's masks replace the soft
-    masks first; upsample; with ``guide`` fold in the video's colour model (``colour_weight`` > 0,
-    :mod:`vosbatch.postprocess.appearance`); then
-    - ``refine="fgs"`` / ``"guided"``: snap edges to the image with the fast global smoother / the
-      guided filter (:mod:`vosbatch.postprocess.refine`), then one K-means (K=2) threshold for the
-      whole video;
+    Upsample; with ``guide`` frames (T,height,width,3) fold in the video's colour model
+    (``colour_weight`` > 0, :mod:`vosbatch.postprocess.colour_model`); then
+    - ``refine="fgs"``: snap edges to the image with the fast global smoother
+      (:mod:`vosbatch.postprocess.refine`), then one K-means (K=2) threshold for the whole video;
     - ``refine="crf"``: the smoother first (its edge-snapped probabilities are a sharper unary
       than the blocky upsampled ones), the K-means threshold τ of that, the probabilities re-centred
       so that τ maps to 0.5 (σ(logit p - logit τ): the CRF's unary must put the decision where the
@@ -84,16 +78,13 @@ def binarize(
     - ``refine="none"``: the K-means threshold of the upsampled masks.
     Without ``guide`` there is nothing to refine against and the last case applies.
     """
-    full = soft_at_full_size(soft, height, width, guide, colour_weight, net, seed)
+    full = soft_at_full_size(soft, height, width, guide, colour_weight)
     return refine_and_threshold(full, guide, refine, seed, crf_params)
 
 
 def soft_at_full_size(soft: np.ndarray, height: int, width: int, guide: Optional[np.ndarray] = None,
-                      colour_weight: float = 0.0, net: Optional[AppearanceNetConfig] = None, seed: int = 0) -> np.ndarray:
-    """The first half of :func:`binarize`: the appearance net (if any), upsampling and the colour
-    model (shared by every refinement, so comparisons of refinements compute it once)."""
-    if guide is not None and net is not None:
-        soft = appearance_net(guide, soft, net, seed=seed)
+                      colour_weight: float = 0.0) -> np.ndarray:
+    """The first half of :func:`binarize`: upsampling and the colour model."""
     full = upsample(soft, height, width)
     if guide is not None and colour_weight > 0:
         full = colour_model_refine(guide, full, weight=colour_weight)
@@ -102,11 +93,12 @@ def soft_at_full_size(soft: np.ndarray, height: int, width: int, guide: Optional
 
 def refine_and_threshold(full: np.ndarray, guide: Optional[np.ndarray] = None, refine: str = "fgs", seed: int = 0,
                          crf_params: Optional[CRFParams] = None) -> np.ndarray:
-    """The second half of :func:`binarize`: refinement and the video's threshold -> bool masks."""
+    """The second half of :func:`binarize`: refinement and the threshold -> bool masks."""
     if refine not in REFINEMENTS:
         raise ValueError(f"unknown refinement {refine!r}; choose from {', '.join(REFINEMENTS)}")
-    if guide is not None and refine in EDGE_FILTERS:
-        full = EDGE_FILTERS[refine](guide, full)
-    if guide is not None and refine == "crf":
+    if guide is None or refine == "none":
+        return full > kmeans_threshold(full, seed=seed)
+    full = smoother_refine(guide, full)
+    if refine == "crf":
         return crf_refine(guide, centre_at_cut(full, seed=seed), crf_params) > 0.5
     return full > kmeans_threshold(full, seed=seed)

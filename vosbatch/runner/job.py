@@ -8,6 +8,7 @@ skipped; failed and missing ones run again.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -75,9 +76,11 @@ def open_run(spec: JobSpec, cfg: RunConfig, resume: bool, explicit: set) -> tupl
         if not store.exists("run.json"):
             raise InputError(f"{run_uri}: no run.json, so there is no run {spec.run_id!r} to resume")
         previous = store.read_run_info()
-        base = RunConfig.from_stored(previous.get("config", {})).to_dict()
-        base.update({k: v for k, v in cfg.to_dict().items() if k in explicit})
-        cfg = RunConfig(**base)
+        if "preset" not in explicit:  # the stored settings, under the options given now
+            known = {f.name for f in dataclasses.fields(RunConfig)}
+            base = {k: v for k, v in previous.get("config", {}).items() if k in known}
+            base.update({k: v for k, v in cfg.to_dict().items() if k in explicit})
+            cfg = RunConfig(**base)
         for name in JobSpec.INPUT_FIELDS:
             if name not in explicit and name in previous:
                 setattr(spec, name, previous[name])

@@ -91,17 +91,15 @@ def chain_weights(p: int, sigma: float) -> List[float]:
     return [math.exp(-(k * k) / (2.0 * sigma * sigma)) for k in range(p + 1)]
 
 
-def propagate(x: torch.Tensor, warper: ChainWarper, p: int, sigma: float, symmetric: bool = True) -> torch.Tensor:
+def propagate(x: torch.Tensor, warper: ChainWarper, p: int, sigma: float) -> torch.Tensor:
     """M x, Eq. (M), by chaining whole-frame warps: p steps along each direction, never storing M.
 
-    x (T,C,h,w). With ``symmetric`` the adjoint (sending) chains are added, which makes M exactly
+    x (T,C,h,w). The adjoint (sending) chains are added to the receiving ones, which makes M exactly
     symmetric (needed for the power iteration to have a real leading eigenvector to converge to).
     """
     g = chain_weights(p, sigma)
     out = g[0] * x
-    steps = [(warper.pull_next, 1.0), (warper.pull_prev, 1.0)]
-    if symmetric:
-        steps = [(warper.pull_next, 0.5), (warper.pull_prev, 0.5), (warper.push_next, 0.5), (warper.push_prev, 0.5)]
+    steps = [(warper.pull_next, 0.5), (warper.pull_prev, 0.5), (warper.push_next, 0.5), (warper.push_prev, 0.5)]
     for step, scale in steps:
         y = x
         for k in range(1, p + 1):
@@ -202,7 +200,6 @@ def leading_eigenvector(
     tol: float = 1e-3,
     seed: int = 0,
     start: Optional[torch.Tensor] = None,
-    symmetric: bool = True,
 ) -> PowerResult:
     """Power iteration on A = P·M·P: x ← P(M x), normalised, from a seeded random start.
 
@@ -217,7 +214,7 @@ def leading_eigenvector(
     change = float("inf")
     it = 0
     for it in range(1, max_iter + 1):
-        y = projection(propagate(x, warper, p, sigma, symmetric))
+        y = projection(propagate(x, warper, p, sigma))
         y = y / y.norm().clamp_min(1e-12)
         change = float((y - x).norm())
         x = y

@@ -9,14 +9,14 @@ import datetime as dt
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..config import RunConfig
-from ..data import davis_sequences
-from ..io.store import RunStore
-from ..pipeline import VideoSegmenter
-from ..runinfo import code_version
-from ..runner.worker import process_sequence
+from vosbatch.config import RunConfig
+from vosbatch.data import davis_sequences
+from vosbatch.io.store import RunStore
+from vosbatch.pipeline import VideoSegmenter
+from vosbatch.runinfo import code_version
+from vosbatch.runner.worker import process_sequence
 
-SMALL_CONFIG = dict(work_height=96, method_params={"grid_stride": 4, "opt_stride": 2})
+SMALL_CONFIG = dict(work_height=96, method_params={"spectral": {"grid_stride": 4}, "optimisation": {"stride": 2}})
 
 
 def make_run(data_root: Path, run_dir: Path, cfg: Optional[RunConfig] = None,
