@@ -44,18 +44,39 @@ def ray_version_in(text: str) -> str:
     return m.group(1) if m else ""
 
 
-def pip_install_targets(command: str) -> list:
-    """Requirement arguments of each ``pip install`` in a shell command line."""
+def simple_commands(command: str) -> list:
+    """The words of each simple command in a shell command line (split at ; && || |, quotes respected)."""
     lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
-    tokens, commands = list(lexer), [[]]
-    for tok in tokens:  # split at ; && || | into separate commands, quotes respected
+    commands = [[]]
+    for tok in lexer:
         if tok and set(tok) <= set(";&|"):
             commands.append([])
         else:
             commands[-1].append(tok)
+    return [c for c in commands if c]
+
+
+def ray_starts(command: str) -> list:
+    """``(arguments, environment)`` of each ``ray start`` in a shell command line: the environment is what
+    ``VAR=value`` prefixes and earlier ``export VAR=value`` in the line set for it."""
+    exported, starts = {}, []
+    for words in simple_commands(command):
+        env = dict(exported)
+        while words and re.match(r"^[A-Za-z_]\w*=", words[0]):
+            key, _, value = words.pop(0).partition("=")
+            env[key] = value
+        if words[:1] == ["export"]:
+            exported.update(w.partition("=")[::2] for w in words[1:] if "=" in w)
+        elif words[:2] == ["ray", "start"]:
+            starts.append((words[2:], env))
+    return starts
+
+
+def pip_install_targets(command: str) -> list:
+    """Requirement arguments of each ``pip install`` in a shell command line."""
     targets = []
-    for words in commands:
+    for words in simple_commands(command):
         for i in range(len(words) - 1):
             if words[i] == "pip" and words[i + 1] == "install" or words[i].endswith("/pip") and words[i + 1] == "install":
                 args = words[i + 2:]
@@ -145,6 +166,39 @@ def launcher_problems(cfg: dict) -> list:
         problems.append("head_start_ray_commands do not start a head")
     if not any("ray start --address" in c for c in cfg.get("worker_start_ray_commands") or []):
         problems.append("worker_start_ray_commands do not join the head")
+    problems += launcher_auth_problems(cfg)
+    return problems
+
+
+def docker_env(cfg: dict) -> dict:
+    """Variables that ``docker.run_options`` (``--env``/``-e``) set in every node's container."""
+    env, words = {}, [w for o in (cfg.get("docker") or {}).get("run_options") or [] for w in shlex.split(str(o))]
+    for flag, value in zip(words, words[1:]):
+        if flag in ("--env", "-e") and "=" in value:
+            key, _, val = value.partition("=")
+            env[key] = val
+    return env
+
+
+def launcher_auth_problems(cfg: dict) -> list:
+    """Token authentication: every ``ray start`` (head and workers) with RAY_AUTH_MODE=token and a token
+    file that file_mounts ships to every node, and no token in the config itself. A node started
+    without the mode sends no token, and the head (in token mode) rejects it with InvalidAuthToken."""
+    problems, container = [], docker_env(cfg)
+    if "RAY_AUTH_TOKEN" in container:
+        problems.append("docker.run_options put the auth token itself in the config")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        for command in cfg.get(key) or []:
+            for args, env in ray_starts(command):
+                env = {**container, **env}
+                where = f"{key}: ray start {' '.join(args[:1])}"
+                if env.get("RAY_AUTH_MODE") != "token":
+                    problems.append(f"{where} runs without RAY_AUTH_MODE=token")
+                if "RAY_AUTH_TOKEN" in env:
+                    problems.append(f"{where} has the auth token itself in the config")
+                token_file = env.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")  # Ray's default path
+                if token_file.replace("$HOME/", "~/") not in (cfg.get("file_mounts") or {}):
+                    problems.append(f"{where}: no file_mount ships its token file {token_file}")
     return problems
 
 
@@ -208,6 +262,35 @@ def kuberay_problems(docs: list) -> list:
         any_gpu |= any(gpu_limits)
     if not any_gpu:
         problems.append("no worker group requests nvidia.com/gpu")
+    problems += kuberay_auth_problems(spec, groups)
+    return problems
+
+
+def kuberay_auth_problems(spec: dict, groups: list) -> list:
+    """Token authentication: either KubeRay's ``authOptions.mode: token`` (KubeRay >= 1.5.1 then sets both
+    variables everywhere), or every Ray container (head, workers, and the autoscaler sidecar) with
+    RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from one Secret key, never a literal value."""
+    if (spec.get("authOptions") or {}).get("mode") == "token":
+        return []
+    problems, secrets_used = [], set()
+    envs = [(f"{where} container {c.get('name')}", c.get("env") or []) for where, g in groups
+            for c in _containers(g.get("template"))]
+    if spec.get("enableInTreeAutoscaling"):
+        envs.append(("autoscalerOptions", (spec.get("autoscalerOptions") or {}).get("env") or []))
+    for where, env in envs:
+        by_name = {e.get("name"): e for e in env}
+        if (by_name.get("RAY_AUTH_MODE") or {}).get("value") != "token":
+            problems.append(f"{where}: RAY_AUTH_MODE is not token")
+        token = by_name.get("RAY_AUTH_TOKEN") or {}
+        ref = (token.get("valueFrom") or {}).get("secretKeyRef") or {}
+        if "value" in token:
+            problems.append(f"{where}: RAY_AUTH_TOKEN has a literal value (use a Secret)")
+        elif not ref.get("name") or not ref.get("key") or ref.get("optional"):
+            problems.append(f"{where}: RAY_AUTH_TOKEN does not come from a (required) Secret key")
+        else:
+            secrets_used.add((ref["name"], ref["key"]))
+    if len(secrets_used) > 1:
+        problems.append(f"the Ray containers read different tokens: {sorted(secrets_used)}")
     return problems
 
 
@@ -218,8 +301,11 @@ def dockerfile_facts(text: str) -> dict:
     base = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), base)
     joined = re.sub(r"\\\n", " ", text)
     runs = re.findall(r"^RUN\s+(.*)$", joined, re.M)
+    env = dict(kv.partition("=")[::2] for line in re.findall(r"^ENV\s+(.*)$", joined, re.M)
+               for kv in shlex.split(line) if "=" in kv)
     return {"base": base, "pip_targets": [t for r in runs for t in pip_install_targets(r)],
-            "copies_pyproject": bool(re.search(r"^COPY\s.*pyproject\.toml", text, re.M))}
+            "copies_pyproject": bool(re.search(r"^COPY\s.*pyproject\.toml", text, re.M)), "env": env,
+            "copies_token": bool(re.search(r"^(COPY|ADD)\s.*auth_token", text, re.M))}
 
 
 @pytest.fixture(scope="module")
@@ -232,11 +318,33 @@ def kuberay():
     return load_yaml_docs(CLUSTER / "kuberay-raycluster.yaml")
 
 
+def _without_auth_mode(cfg: dict, *keys: str) -> None:
+    """Drop RAY_AUTH_MODE=token from the container's environment and from these start commands."""
+    cfg["docker"]["run_options"] = [o for o in cfg["docker"]["run_options"] if "RAY_AUTH_MODE" not in o]
+    for key in keys:
+        cfg[key] = [c.replace("RAY_AUTH_MODE=token ", "") for c in cfg[key]]
+
+
 def test_launcher_config_is_valid(launcher):
     assert launcher_problems(launcher) == []
     gpu_types = {t["node_config"]["InstanceType"] for t in launcher["available_node_types"].values()
                  if t["resources"].get("GPU")}
     assert {"g5.xlarge", "g5.12xlarge"} <= gpu_types
+    # token auth: head and workers start in token mode, with the token file shipped to every node
+    starts = [(key, env) for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for c in launcher[key] for _, env in ray_starts(c)]
+    assert [k for k, _ in starts] == ["head_start_ray_commands", "worker_start_ray_commands"]
+    assert all(env["RAY_AUTH_MODE"] == "token" for _, env in starts)
+    assert launcher["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert docker_env(launcher)["RAY_AUTH_MODE"] == "token"  # shells and job drivers in the containers too
+    # either place alone is enough: the container's environment, or the start commands
+    only_commands = copy.deepcopy(launcher)
+    _without_auth_mode(only_commands)
+    assert launcher_problems(only_commands) == []
+    only_container = copy.deepcopy(launcher)
+    only_container["head_start_ray_commands"] = [c.replace("RAY_AUTH_MODE=token ", "") for c in
+                                                 only_container["head_start_ray_commands"]]
+    assert launcher_problems(only_container) == []
 
 
 @pytest.mark.parametrize("break_it, expected", [
@@ -248,6 +356,16 @@ def test_launcher_config_is_valid(launcher):
     (lambda c: c.update(setup_commands=["pip install -q numpy"]), f"pip-installs {PROJECT}"),
     (lambda c: c.update(file_mounts={}), f"pip-installs {PROJECT}"),
     (lambda c: c["docker"].pop("image"), "docker.image"),
+    # a worker that joins without token mode is refused by the head (InvalidAuthToken)
+    (lambda c: _without_auth_mode(c, "worker_start_ray_commands"),
+     "worker_start_ray_commands: ray start --address=$RAY_HEAD_IP:6379 runs without RAY_AUTH_MODE=token"),
+    (lambda c: _without_auth_mode(c, "head_start_ray_commands"), "ray start --head runs without RAY_AUTH_MODE=token"),
+    (lambda c: c["file_mounts"].pop("~/.ray/auth_token"), "no file_mount ships its token file ~/.ray/auth_token"),
+    (lambda c: c["worker_start_ray_commands"].append("RAY_AUTH_TOKEN_PATH=/etc/ray-token ray start --address=h:6379"),
+     "no file_mount ships its token file /etc/ray-token"),
+    (lambda c: c["head_start_ray_commands"].append("export RAY_AUTH_TOKEN=abc; ray start --head"),
+     "has the auth token itself in the config"),
+    (lambda c: c["docker"]["run_options"].append("-e RAY_AUTH_TOKEN=abc"), "put the auth token itself in the config"),
 ])
 def test_launcher_validation_rejects_broken_configs(launcher, break_it, expected):
     broken = copy.deepcopy(launcher)
@@ -268,6 +386,30 @@ def test_kuberay_manifest_is_valid(kuberay):
             assert refs and all(r["optional"] is True for r in refs)  # optional: IRSA-only clusters need no Secret
             assert not any(e.get("name", "").startswith("AWS_SECRET") and "value" in e for e in c.get("env", []))
     assert "eks.amazonaws.com/role-arn" in accounts[pod["serviceAccountName"]]["metadata"]["annotations"]
+    # token auth: head, workers and the autoscaler read one token from one Secret key
+    envs = [c["env"] for g in [rc["spec"]["headGroupSpec"], *rc["spec"]["workerGroupSpecs"]]
+            for c in g["template"]["spec"]["containers"]] + [rc["spec"]["autoscalerOptions"]["env"]]
+    assert len(envs) == 3
+    for env in envs:
+        by_name = {e["name"]: e for e in env}
+        assert by_name["RAY_AUTH_MODE"]["value"] == "token"
+        assert by_name["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "vosbatch-ray-token", "key": "auth_token"}
+    # KubeRay's own authOptions (>= 1.5.1) is the other accepted way
+    native = copy.deepcopy(rc)
+    for env in [c["env"] for g in [native["spec"]["headGroupSpec"], *native["spec"]["workerGroupSpecs"]]
+                for c in g["template"]["spec"]["containers"]] + [native["spec"]["autoscalerOptions"]["env"]]:
+        env[:] = [e for e in env if not e["name"].startswith("RAY_AUTH_")]
+    assert any("RAY_AUTH_MODE is not token" in p for p in kuberay_problems([native]))
+    native["spec"]["authOptions"] = {"mode": "token"}
+    assert kuberay_problems([native]) == []
+
+
+def _worker_env(rc: dict) -> list:
+    return rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"]
+
+
+def _set_env(env: list, name: str, **entry) -> None:
+    env[:] = [e for e in env if e["name"] != name] + ([dict(name=name, **entry)] if entry else [])
 
 
 @pytest.mark.parametrize("break_it, expected", [
@@ -277,6 +419,13 @@ def test_kuberay_manifest_is_valid(kuberay):
     (lambda rc: rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
      .pop("nvidia.com/gpu"), "without nvidia.com/gpu limits"),
     (lambda rc: rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"].pop(), "lack [10001]"),
+    (lambda rc: _set_env(_worker_env(rc), "RAY_AUTH_MODE"), "container ray-worker: RAY_AUTH_MODE is not token"),
+    (lambda rc: _set_env(_worker_env(rc), "RAY_AUTH_TOKEN", value="abc"), "RAY_AUTH_TOKEN has a literal value"),
+    (lambda rc: _set_env(_worker_env(rc), "RAY_AUTH_TOKEN", valueFrom={"secretKeyRef": {"name": "other", "key": "t"}}),
+     "read different tokens"),
+    (lambda rc: _set_env(_worker_env(rc), "RAY_AUTH_TOKEN", valueFrom={
+        "secretKeyRef": {"name": "vosbatch-ray-token", "key": "auth_token", "optional": True}}), "(required) Secret"),
+    (lambda rc: rc["spec"]["autoscalerOptions"].pop("env"), "autoscalerOptions: RAY_AUTH_MODE is not token"),
 ])
 def test_kuberay_validation_rejects_broken_manifests(kuberay, break_it, expected):
     broken = copy.deepcopy(kuberay)
@@ -301,6 +450,9 @@ def test_one_ray_version_everywhere_and_images_install_this_package(launcher, ku
     # KubeRay runs the project image that cluster/Dockerfile builds: same name, and it pip-installs this checkout
     assert len(images) == 1 and f"/{PROJECT}-ray:" in next(iter(images))
     assert docker["copies_pyproject"] and any(re.sub(r"\[.*\]$", "", t) == "." for t in docker["pip_targets"])
+    # every container of the image runs in token mode; the token never goes into the image
+    assert docker["env"]["RAY_AUTH_MODE"] == "token" and docker["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert not any(k.startswith("RAY_AUTH_TOKEN") for k in docker["env"]) and not docker["copies_token"]
 
 
 def test_runtime_env_ships_the_checkout_and_merges_with_submits_own():
@@ -315,6 +467,7 @@ def test_runtime_env_ships_the_checkout_and_merges_with_submits_own():
     assert env["working_dir"] == "."
     assert {".git", ".venv", "runs"} <= set(env["excludes"])
     assert all(isinstance(v, str) for v in env.get("env_vars", {}).values())  # Ray requires string values
+    assert not any(k.startswith("RAY_AUTH") for k in env.get("env_vars", {}))  # the nodes provide auth, not the job
     submits = default_runtime_env("auto")
     assert _merge_runtime_env(env, submits) is not None, (env, submits)
     for name in (submits or {}).get("env_vars", {}):  # the trap this guards against
@@ -330,3 +483,13 @@ def test_pip_target_parsing():
     assert installed_project("$HOME/other", {}) == ""
     assert ray_version_in("ghcr.io/o/vosbatch-ray:0.1.0-ray2.60.0-py311-gpu") == "2.60.0"
     assert ray_version_in("rayproject/ray-ml:2.9.3-gpu") == "2.9.3" and ray_version_in("python:3.11") == ""
+
+
+def test_ray_start_parsing():
+    assert ray_starts("ulimit -n 65536; RAY_AUTH_MODE=token ray start --head --port=6379") == \
+        [(["--head", "--port=6379"], {"RAY_AUTH_MODE": "token"})]
+    assert ray_starts("export RAY_AUTH_MODE=token A=1 && ray stop; B='x y' ray start --address=h:6379") == \
+        [(["--address=h:6379"], {"RAY_AUTH_MODE": "token", "A": "1", "B": "x y"})]
+    assert ray_starts("ray stop") == [] and ray_starts("echo ray start") == []
+    assert docker_env({"docker": {"run_options": ["--shm-size=8g", "--env RAY_AUTH_MODE=token", "-e A=1"]}}) == \
+        {"RAY_AUTH_MODE": "token", "A": "1"}
