@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vosbatch.data import input_sequences
-from vosbatch.data.inputs import safe_name, unique_names
+from vosbatch.names import safe_name, unique_names
 from vosbatch.data.video import read_video
 from vosbatch.errors import InputError
 from support.synthetic import make_video, write_video_file

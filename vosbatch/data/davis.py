@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from ..errors import InputError
+from ..names import is_single_component
 from .sequence import Sequence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -55,6 +56,9 @@ def davis_sequences(
     names = list(sequences) if sequences else split_names(root, split, resolution)
     out = []
     for name in names:
+        if not is_single_component(name):  # a name must not reach outside the dataset's folders
+            out.append(Sequence(dataset, name, [], None, missing_reason=f"{name!r}: not a sequence name of {image_root}"))
+            continue
         folder = image_root / name
         if not folder.is_dir():
             out.append(Sequence(dataset, name, [], None, missing_reason=f"{folder}: unknown sequence {name!r} (no such folder)"))

@@ -12,21 +12,22 @@ Each input string is one of
 * an ``s3://bucket/prefix``: every video object under it, and every "folder" of frame objects
   under it, becomes a sequence.
 
-Sequence names must be usable as Hive partition values and unique within a run: characters other
-than letters, digits, ``.``, ``_`` and ``-`` become ``_``, and repeated names get ``-2``, ``-3``...
-in input order. An entry that does not exist or is not a video/frame folder still yields a
+Sequence names must be usable as Hive partition values and unique within a run: they are made safe
+where a Sequence is made (:mod:`vosbatch.names`), and repeated names (ignoring case) get ``-2``,
+``-3``... in input order. An entry that does not exist or is not a video/frame folder still yields a
 Sequence, whose ``missing_reason`` makes it a clear ``failed`` row; so does a manifest or prefix
 that cannot be read at all (one bad input never stops the others).
 """
 from __future__ import annotations
 
+import os
 import posixpath
-import re
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional
 
 from ..errors import InputError
 from ..io.fs import filesystem_for, is_s3
+from ..names import unique_names
 from .sequence import Location, Sequence, natural_key
 from .video import VIDEO_SUFFIXES
 
@@ -43,34 +44,6 @@ def _basename(location: str) -> str:
     return PurePosixPath(location.rstrip("/")).name
 
 
-def safe_name(raw: str) -> str:
-    """A sequence name usable as a Hive partition value (no ``/``, ``=``, spaces or escapes)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._") or "sequence"
-    return name
-
-
-def unique_names(names: List[str]) -> List[str]:
-    """Make names unique deterministically: later repeats get ``-2``, ``-3``... (never an existing name)."""
-    taken = set(names)
-    seen: Dict[str, int] = {}
-    out = []
-    for n in names:
-        if n not in seen:
-            seen[n] = 1
-            out.append(n)
-            continue
-        k = seen[n]
-        while True:
-            k += 1
-            candidate = f"{n}-{k}"
-            if candidate not in taken:
-                break
-        seen[n] = k
-        taken.add(candidate)
-        out.append(candidate)
-    return out
-
-
 def input_sequences(inputs: List[str], dataset: str = DEFAULT_DATASET) -> List[Sequence]:
     """Describe the sequences of generic inputs (see the module docstring) without reading pixels."""
     seqs: List[Sequence] = []
@@ -78,7 +51,7 @@ def input_sequences(inputs: List[str], dataset: str = DEFAULT_DATASET) -> List[S
         item = str(item)
         seqs += _listed(item, dataset, lambda: _manifest(item, dataset) if _suffix(item) in MANIFEST_SUFFIXES
                         else _entry(item, dataset))
-    for seq, name in zip(seqs, unique_names([safe_name(s.name) for s in seqs])):
+    for seq, name in zip(seqs, unique_names([s.name for s in seqs])):
         seq.name = name
     return seqs
 
@@ -96,37 +69,54 @@ def _entry(location: str, dataset: str, name: Optional[str] = None, gt: Optional
                                                      "nor a .csv/.parquet manifest")]
     if not path.is_dir():
         return [_missing(dataset, name or path.stem or str(path), f"{path}: no such file or folder")]
-    frames = _local_images(path)
-    if frames or name is not None:
-        return [_with_gt(Sequence(dataset, name or path.name, frames, meta={"folder": str(path)}), gt)]
+    count = _local_image_count(path)
+    if count or name is not None:
+        return [_with_gt(_folder_sequence(dataset, name or path.name, str(path), count), gt)]
     children = sorted(path.iterdir(), key=lambda p: natural_key(p.name))
     out = [Sequence(dataset, p.stem, [], video=str(p), meta={"source": str(p)})
            for p in children if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
     for sub in children:
         if sub.is_dir():
-            sub_frames = _local_images(sub)
-            if sub_frames:
-                out.append(Sequence(dataset, sub.name, sub_frames, meta={"folder": str(sub)}))
+            sub_count = _local_image_count(sub)
+            if sub_count:
+                out.append(_folder_sequence(dataset, sub.name, str(sub), sub_count))
     # Nothing usable: a frame folder with 0 frames, which fails with "at least 2 are needed".
     return out or [Sequence(dataset, path.name, [], meta={"folder": str(path)})]
 
 
-def _local_images(folder: Path) -> List[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                  key=lambda p: natural_key(p.name))
+def _folder_sequence(dataset: str, name: str, folder: str, count: int) -> Sequence:
+    """A folder of frames described by its count: the worker lists it (:func:`list_frames`)."""
+    return Sequence(dataset, name, [], frames_folder=folder, meta={"folder": folder, "num_frames": count})
+
+
+def _is_image(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _local_image_count(folder: Path) -> int:
+    with os.scandir(folder) as entries:
+        return sum(1 for e in entries if e.is_file() and _is_image(e.name))
+
+
+def list_frames(folder: str) -> List[Location]:
+    """The images directly in a folder (local or ``s3://``), in natural name order."""
+    if is_s3(folder):
+        frames = [o for o in _s3_list(folder, recursive=False) if _is_image(o)]
+        return sorted(frames, key=lambda o: natural_key(_basename(o)))
+    return sorted((p for p in Path(folder).iterdir() if p.is_file() and _is_image(p.name)), key=lambda p: natural_key(p.name))
 
 
 def _missing(dataset: str, name: str, reason: str) -> Sequence:
     return Sequence(dataset, name, [], None, missing_reason=reason)
 
 
-def _s3_list(uri: str) -> List[str]:
-    """Every object URI under an s3:// prefix (recursive); [] when there is none."""
+def _s3_list(uri: str, recursive: bool = True) -> List[str]:
+    """Every object URI under an s3:// prefix (recursive, or directly under it); [] when there is none."""
     import pyarrow.fs as pafs
 
     fs, path = filesystem_for(uri)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
     except OSError as e:
         raise InputError(f"{uri}: cannot list ({e})") from e
     return sorted(f"s3://{i.path}" for i in infos if i.type == pafs.FileType.File)
@@ -142,21 +132,21 @@ def _s3_entry(uri: str, dataset: str, name: Optional[str], gt: Optional[str]) ->
             return [_missing(dataset, name, f"{uri}: no such object or prefix")]
         raise InputError(f"{uri}: no objects under this prefix")
     videos = [o for o in objects if _suffix(o) in VIDEO_SUFFIXES]
-    folders: Dict[str, List[str]] = {}
+    folders: Dict[str, int] = {}  # frame count per folder: the worker lists its own folder
     for o in objects:
         if _suffix(o) in IMAGE_SUFFIXES:
-            folders.setdefault(posixpath.dirname(o), []).append(o)
+            folder = posixpath.dirname(o)
+            folders[folder] = folders.get(folder, 0) + 1
+    del objects
     if name is not None:  # a manifest row: exactly one sequence, the frames directly under it
-        frames = sorted(folders.get(uri, []), key=lambda o: natural_key(_basename(o)))
-        if frames:
-            return [_with_gt(Sequence(dataset, name, list(frames), meta={"folder": uri}), gt)]
+        if folders.get(uri):
+            return [_with_gt(_folder_sequence(dataset, name, uri, folders[uri]), gt)]
         if len(videos) == 1:
             return [_with_gt(Sequence(dataset, name, [], video=videos[0], meta={"source": videos[0]}), gt)]
         return [_missing(dataset, name, f"{uri}: no frames directly under this prefix")]
     out = [Sequence(dataset, PurePosixPath(v).stem, [], video=v, meta={"source": v}) for v in videos]
     for folder in sorted(folders, key=natural_key):
-        frames = sorted(folders[folder], key=lambda o: natural_key(_basename(o)))
-        out.append(Sequence(dataset, _basename(folder), list(frames), meta={"folder": folder}))
+        out.append(_folder_sequence(dataset, _basename(folder), folder, folders[folder]))
     if not out:
         raise InputError(f"{uri}: no videos or frame images under this prefix")
     return out
@@ -179,6 +169,9 @@ def _with_gt(seq: Sequence, gt: Optional[str]) -> Sequence:
         return seq
     seq.gt_paths = [masks.get(n) for n in names]
     seq.meta["gt_folder"] = gt
+    missing = [n for n in names if n not in masks]
+    if missing:  # the row says so (warning, gt_frames): a folder may annotate some frames only
+        seq.meta.update(gt_missing=missing[:5], gt_missing_count=len(missing))
     return seq
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from ..errors import InputError
+from ..names import is_single_component
 from .sequence import GtEntry, Sequence, natural_key
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -69,6 +70,10 @@ def segtrackv2_sequences(
     names = list(sequences) if sequences else segtrackv2_names(root)
     out = []
     for name in names:
+        if not is_single_component(name):  # a name must not reach outside the dataset's folders
+            out.append(Sequence(dataset, name, [], None, missing_reason=f"{name!r}: not a sequence name of {image_root}",
+                                exclude_first_last=False))
+            continue
         folder = image_root / name
         if not folder.is_dir():
             out.append(Sequence(dataset, name, [], None, missing_reason=f"{folder}: unknown sequence {name!r} (no such folder)",

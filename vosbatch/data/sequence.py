@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.fs import is_s3, read_bytes
+from ..names import check_name, is_safe_name, safe_name
 
 #: A frame or mask location: a local path or an ``s3://`` URI (kept as ``str``).
 Location = Union[Path, str]
@@ -40,12 +41,24 @@ class Sequence:
     exclude_first_last: bool = True
     #: A video file (path or ``s3://`` URI) the frames are decoded from; ``frame_paths`` is then empty.
     video: Optional[str] = None
+    #: A folder (path or ``s3://`` prefix) whose images are the frames, listed where they are read: a driver
+    #: that lists a corpus keeps a count per sequence (``meta["num_frames"]``), not every frame's path.
+    frames_folder: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        """Names become safe here, once, for every source (vosbatch.names): the store refuses any other."""
+        check_name(self.dataset, "dataset name")
+        if not is_safe_name(self.name):
+            self.meta.setdefault("given_name", self.name)
+            self.name = safe_name(self.name)
 
     # -- cheap facts (no pixels) ------------------------------------------------------------
     @property
     def num_frames(self) -> int:
         """Frame count; for a video from its metadata (0 when the file cannot be opened: ``check``
         then raises the reason), cached in ``meta`` so the driver's sort opens each file once."""
+        if self.frames_folder is not None and not self.frame_paths:
+            return int(self.meta.get("num_frames", 0))
         if self.video is None:
             return len(self.frame_paths)
         if "num_frames" not in self.meta and "video_error" not in self.meta:
@@ -61,7 +74,7 @@ class Sequence:
     def frame_names(self) -> List[str]:
         """Frame file stems; for a video its zero-padded frame indices ("00000", "00001", ...)."""
         if self.video is None:
-            return [PurePosixPath(str(p)).stem for p in self.frame_paths]
+            return [PurePosixPath(str(p)).stem for p in self.paths()]
         n = self.num_frames
         width = max(5, len(str(max(n - 1, 0))))
         return [f"{i:0{width}d}" for i in range(n)]
@@ -76,6 +89,8 @@ class Sequence:
         if n < 2:
             if self.video is not None:
                 where = self.video
+            elif self.frames_folder is not None:
+                where = self.frames_folder
             elif self.frame_paths:
                 where = _parent(self.frame_paths[0])
             else:
@@ -104,7 +119,7 @@ class Sequence:
                     f"{self.video}: only {start + len(frames)} frames decode, the container says {self.num_frames}"
                 )
             return frames
-        paths = self.frame_paths[start:stop]
+        paths = self.paths()[start:stop]
         frames = [read_rgb(p) for p in paths]
         h, w = frames[0].shape[:2]
         for p, f in zip(paths, frames):
@@ -142,6 +157,19 @@ class Sequence:
             masks.append(merged)
         return masks
 
+    def paths(self) -> List[Location]:
+        """The frames' files, listing :attr:`frames_folder` on first use (in the process that reads them)."""
+        if self.frame_paths or self.frames_folder is None:
+            return self.frame_paths
+        cache = self.__dict__.get("_paths_cache")
+        if cache is None:
+            from .inputs import list_frames
+
+            cache = self.__dict__["_paths_cache"] = list_frames(self.frames_folder)
+            if len(cache) != self.num_frames:
+                raise InputError(f"{self.frames_folder}: {len(cache)} frames now, {self.num_frames} when listed")
+        return cache
+
     # -- helpers -----------------------------------------------------------------------------
     def _window(self, start: int, stop: Optional[int]) -> Tuple[int, int]:
         n = self.num_frames
@@ -165,6 +193,7 @@ class Sequence:
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_timestamps_cache", None)
+        state.pop("_paths_cache", None)
         return state
 
 
