@@ -39,6 +39,8 @@ from typing import Dict, List, Optional
 import yaml
 
 from vosbatch.compare import compare_uris, format_comparison
+from vosbatch.errors import InputError
+from vosbatch.io.fs import configure_s3
 from vosbatch.io.store import RunStore
 
 log = logging.getLogger("nightly")
@@ -164,27 +166,13 @@ def plan_datasets(cfg: dict, stamp: str, extra: List[str], on_cluster: bool) -> 
 # --------------------------------------------------------------------------------------------------
 # Run folders: nightly.json, baseline search
 # --------------------------------------------------------------------------------------------------
-def run_store(uri: str, endpoint_url: Optional[str] = None) -> RunStore:
-    """A store for ``uri``; ``endpoint_url`` (http://host:port) points s3:// at an S3-compatible server."""
-    return RunStore(uri, endpoint_url=endpoint_url)
-
-
-def write_file(run_uri: str, name: str, data: bytes, endpoint_url: Optional[str] = None) -> None:
+def write_file(run_uri: str, name: str, data: bytes) -> None:
     """Write one whole file into a run folder, local or S3 (temporary name + rename locally)."""
-    store = run_store(run_uri, endpoint_url)
-    path = f"{store.root}/{name}"
-    if store.is_local:
-        Path(store.root).mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{path}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    else:
-        with store.fs.open_output_stream(path) as f:
-            f.write(data)
+    RunStore(run_uri)._put_bytes(name, data)
 
 
-def read_json(run_uri: str, name: str, endpoint_url: Optional[str] = None) -> Optional[dict]:
-    store = run_store(run_uri, endpoint_url)
+def read_json(run_uri: str, name: str) -> Optional[dict]:
+    store = RunStore(run_uri)
     try:
         with store.fs.open_input_stream(f"{store.root}/{name}") as f:
             return json.loads(f.read())
@@ -192,17 +180,17 @@ def read_json(run_uri: str, name: str, endpoint_url: Optional[str] = None) -> Op
         return None
 
 
-def list_run_names(output: str, endpoint_url: Optional[str] = None) -> List[str]:
+def list_run_names(output: str) -> List[str]:
     """Names of the folders directly under OUTPUT (local or s3://); [] when OUTPUT does not exist."""
     import pyarrow.fs as pafs
 
-    store = run_store(output, endpoint_url)
+    store = RunStore(output)
     infos = store.fs.get_file_info(pafs.FileSelector(store.root, allow_not_found=True))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
-def find_baseline(output: str, dataset: str, suite: str, exclude_run_id: str, config_hash: Optional[str] = None,
-                  endpoint_url: Optional[str] = None) -> Optional[str]:
+def find_baseline(output: str, dataset: str, suite: str, exclude_run_id: str,
+                  config_hash: Optional[str] = None) -> Optional[str]:
     """The most recent earlier nightly run of this suite and dataset that finished and passed.
 
     Only passing nights count, so a regression keeps failing until it is fixed (or accepted with
@@ -210,12 +198,12 @@ def find_baseline(output: str, dataset: str, suite: str, exclude_run_id: str, co
     """
     pattern = re.compile(rf"^nightly-.+-{re.escape(dataset)}$")
     candidates = []
-    for name in list_run_names(output, endpoint_url):
+    for name in list_run_names(output):
         if name == exclude_run_id or not pattern.match(name):
             continue
         uri = join_uri(output, name)
-        meta = read_json(uri, NIGHTLY_FILE, endpoint_url)
-        info = read_json(uri, "run.json", endpoint_url)
+        meta = read_json(uri, NIGHTLY_FILE)
+        info = read_json(uri, "run.json")
         if not meta or not info or meta.get("suite") != suite or meta.get("status") != "passed":
             continue
         if info.get("dataset") != dataset or info.get("status") != "done":
@@ -252,7 +240,7 @@ def resolve_baseline(baseline_arg: Optional[str], plan: DatasetPlan, cfg: dict,
     if baseline_arg:
         return baseline_arg if ("://" in baseline_arg or "/" in baseline_arg) else join_uri(cfg["output"], baseline_arg)
     baseline = find_baseline(cfg["output"], plan.dataset, cfg["name"], plan.run_id,
-                             config_hash if cfg["match_config"] else None, cfg["s3_endpoint_url"])
+                             config_hash if cfg["match_config"] else None)
     if baseline is None:
         log.info("%s: no earlier passing nightly run of suite %r under %s: nothing to compare with",
                  plan.dataset, cfg["name"], cfg["output"])
@@ -260,18 +248,17 @@ def resolve_baseline(baseline_arg: Optional[str], plan: DatasetPlan, cfg: dict,
 
 
 def run_dataset(plan: DatasetPlan, cfg: dict, baseline_arg: Optional[str]) -> DatasetResult:
-    endpoint = cfg["s3_endpoint_url"]
     meta = {"suite": cfg["name"], "dataset": plan.dataset, "run_id": plan.run_id, "status": "running",
             "submit_command": shell(plan.command), "threshold": cfg["threshold"],
             "started": dt.datetime.now(dt.timezone.utc).isoformat()}
-    write_file(plan.run_uri, NIGHTLY_FILE, json.dumps(meta, indent=2).encode(), endpoint)
+    write_file(plan.run_uri, NIGHTLY_FILE, json.dumps(meta, indent=2).encode())
     log.info("%s: $ %s", plan.dataset, shell(plan.command))
     t0 = time.time()
     env = {k: v for k, v in os.environ.items() if k != "VOSBATCH_DATA_ROOT"}  # one root cannot serve every dataset
     rc = subprocess.call(plan.command, env=dict(env, RAY_USAGE_STATS_ENABLED="0"))
     log.info("%s: submit exited %d after %.0f s", plan.dataset, rc, time.time() - t0)
     result = DatasetResult(plan.dataset, plan.run_uri, "failed")
-    info = read_json(plan.run_uri, "run.json", endpoint)
+    info = read_json(plan.run_uri, "run.json")
     if rc != 0:
         result.reasons.append(f"vosbatch submit exited with status {rc}")
     if not info or info.get("status") != "done":
@@ -284,11 +271,11 @@ def run_dataset(plan: DatasetPlan, cfg: dict, baseline_arg: Optional[str]) -> Da
             comparison_error = True
             result.reasons.append(f"comparison failed: {type(e).__name__}: {e}")
         if result.jf is None:
-            result.jf = _run_jf(plan.run_uri, endpoint)
+            result.jf = _run_jf(plan.run_uri)
         result.status = "failed" if rc != 0 or comparison_error else ("regressed" if result.reasons else "passed")
     meta.update(status=result.status, baseline=result.baseline, reasons=result.reasons, returncode=rc,
                 finished=dt.datetime.now(dt.timezone.utc).isoformat())
-    write_file(plan.run_uri, NIGHTLY_FILE, json.dumps(meta, indent=2, default=str).encode(), endpoint)
+    write_file(plan.run_uri, NIGHTLY_FILE, json.dumps(meta, indent=2, default=str).encode())
     for reason in result.reasons:
         log.error("%s: %s", plan.dataset, reason)
     return result
@@ -300,28 +287,27 @@ def compare_with_baseline(plan: DatasetPlan, cfg: dict, baseline_arg: Optional[s
     adding regressions to ``result`` and the deltas to ``meta`` and the run folder."""
     import pyarrow.csv as pacsv
 
-    endpoint = cfg["s3_endpoint_url"]
     result.baseline = resolve_baseline(baseline_arg, plan, cfg, info.get("config_hash"))
     if not result.baseline:
         return
     log.info("%s: $ %s", plan.dataset, shell(compare_command(result.baseline, plan.run_uri, cfg)))
-    cmp = compare_uris(result.baseline, plan.run_uri, endpoint)
+    cmp = compare_uris(result.baseline, plan.run_uri)
     print(format_comparison(cmp, cfg["threshold"], cfg["speed_threshold"]), flush=True)
     result.reasons += cmp.regression_reasons(cfg["threshold"], cfg["speed_threshold"])
     result.jf, result.d_jf = cmp.overall.get("jf_b"), cmp.overall.get("d_jf")
     sink = io.BytesIO()
     pacsv.write_csv(cmp.to_table(), sink)
-    write_file(plan.run_uri, COMPARE_FILE, sink.getvalue(), endpoint)
+    write_file(plan.run_uri, COMPARE_FILE, sink.getvalue())
     meta["regressed_sequences"] = [s.sequence for s in cmp.regressed_sequences(cfg["threshold"])]
     meta["overall"] = cmp.overall
 
 
-def _run_jf(run_uri: str, endpoint: Optional[str]) -> Optional[float]:
+def _run_jf(run_uri: str) -> Optional[float]:
     """Overall J&F of a run for the summary line (None when it cannot be read or scored nothing)."""
     from vosbatch.compare import is_scored, load_run_metrics
 
     try:
-        rows = load_run_metrics(run_uri, endpoint).rows.values()
+        rows = load_run_metrics(run_uri).rows.values()
     except Exception:  # noqa: BLE001 - only for the summary line
         return None
     ok = [r for r in rows if is_scored(r)]
@@ -346,6 +332,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--threshold", type=float, help="Override the config's J&F regression threshold.")
     ap.add_argument("--baseline", help="Compare with this run (id under output, or a path/s3:// URI) instead of "
                                        "the last passing night; 'none' to accept this night as the new baseline.")
+    ap.add_argument("--s3-endpoint-url", help="S3-compatible server for every s3:// URI (default: the config's "
+                                              "s3_endpoint_url, else AWS or $AWS_ENDPOINT_URL).")
     ap.add_argument("--summary", type=Path, help="Also write the per-dataset verdicts here as JSON.")
     ap.add_argument("--dry-run", action="store_true", help="Print the commands and baselines; run nothing.")
     ap.add_argument("extra", nargs="*", help="Further vosbatch submit arguments (after --).")
@@ -353,6 +341,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s nightly %(levelname)s %(message)s", stream=sys.stderr)
 
     cfg = load_config(args.config)
+    if args.s3_endpoint_url:
+        cfg["s3_endpoint_url"] = args.s3_endpoint_url
+    configure_s3(cfg["s3_endpoint_url"])  # the baseline search, the comparison and every submit alike
     if args.output:
         cfg["output"] = args.output
     if args.threshold is not None:
@@ -375,7 +366,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("$", shell(p.command))
             try:
                 base = resolve_baseline(args.baseline, p, cfg, None)  # read-only: lists OUTPUT
-            except OSError as e:
+            except (OSError, InputError) as e:
                 print(f"# baseline unknown: cannot list {cfg['output']} ({e})")
                 continue
             print(f"$ {shell(compare_command(base, p.run_uri, cfg))}" if base else "# no baseline: nothing to compare")

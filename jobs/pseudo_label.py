@@ -85,11 +85,11 @@ def run_uri_of(output: str, run_id: str) -> str:
     return f"{output.rstrip('/')}/{run_id}" if "://" in output else str(Path(output).expanduser().resolve() / run_id)
 
 
-def report(run_uri: str, endpoint_url: Optional[str]) -> dict:
+def report(run_uri: str) -> dict:
     """Videos and frames labelled, failures, speed: from the run's metrics (there is no ground truth)."""
     from vosbatch.compare import load_run_metrics
 
-    run = load_run_metrics(run_uri, endpoint_url)
+    run = load_run_metrics(run_uri)
     ok = [r for r in run.rows.values() if r.get("status") == "ok"]
     failed = [r for r in run.rows.values() if r.get("status") != "ok"]
     frames = sum(int(r.get("frames") or 0) for r in ok)
@@ -102,6 +102,9 @@ def report(run_uri: str, endpoint_url: Optional[str]) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    from vosbatch.io.fs import configure_s3
+
+    configure_s3(args.s3_endpoint_url)  # the report below reads the run where submit wrote it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s pseudo_label %(levelname)s %(message)s",
                         stream=sys.stderr)
     on_cluster = bool(os.environ.get("RAY_ADDRESS"))
@@ -119,7 +122,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rc = subprocess.call(cmd, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
     log.info("submit exited %d after %.0f s", rc, time.time() - t0)
     try:
-        facts = report(run_uri, args.s3_endpoint_url)
+        facts = report(run_uri)
     except Exception as e:  # noqa: BLE001 - the run may not exist when submit failed early
         log.error("no readable run at %s: %s", run_uri, e)
         return rc or 1

@@ -3,10 +3,10 @@ import json
 import os
 
 import numpy as np
-import pyarrow.dataset as pads
 import pytest
 
 from vosbatch.io.png import decode_mask
+from vosbatch.io.store import RunStore
 from support.cli import run_cli
 from support.synthetic import make_video, write_davis_fixture
 
@@ -36,9 +36,10 @@ def test_submit_writes_masks_metrics_and_run_info(run):
     assert info["status"] == "done" and info["config"]["method"] == "globalopt"
     assert info["sequences_ok"] == 2 and info["sequences_failed"] == 1
     assert "host" in info and "code" in info and info["finished"] >= info["started"]
-    masks = pads.dataset(str(r / "masks"), partitioning="hive").to_table()
+    assert not (r / "masks").exists() and (r / "compacted" / "CURRENT").is_file()  # compacted at the end
+    masks = RunStore(str(r)).read_masks()
     assert sorted(set(masks.column("sequence").to_pylist())) == ["runner", "walker"]
-    walker = masks.filter(pads.field("sequence") == "walker").sort_by("frame").to_pylist()
+    walker = RunStore(str(r)).read_masks(sequence="walker").to_pylist()
     assert [m["frame"] for m in walker] == list(range(8))
     gt = run["vids"]["walker"].masks
     ious = []
@@ -50,7 +51,7 @@ def test_submit_writes_masks_metrics_and_run_info(run):
 
 
 def test_bad_sequence_becomes_a_failed_row_and_others_finish(run):
-    rows = {r["sequence"]: r for r in pads.dataset(str(run["run"] / "metrics"), partitioning="hive").to_table().to_pylist()}
+    rows = {r["sequence"]: r for r in RunStore(str(run["run"])).read_metrics()}
     assert rows["broken"]["status"] == "failed"
     assert "00003.jpg" in rows["broken"]["error"] and "cannot decode" in rows["broken"]["error"]
     for name in ("walker", "runner"):
@@ -72,7 +73,7 @@ def test_export_then_eval_reproduces_the_run_metrics(run):
     import pyarrow.csv as pacsv
 
     scores = {r["sequence"]: r for r in pacsv.read_csv(out).to_pylist()}
-    metrics = {r["sequence"]: r for r in pads.dataset(str(run["run"] / "metrics"), partitioning="hive").to_table().to_pylist()}
+    metrics = {r["sequence"]: r for r in RunStore(str(run["run"])).read_metrics()}
     for name in ("walker", "runner"):
         assert abs(scores[name]["j_mean"] - metrics[name]["j_mean"]) < 1e-9
         assert abs(scores[name]["f_mean"] - metrics[name]["f_mean"]) < 1e-9
@@ -125,6 +126,6 @@ def test_submit_without_data_downloads_the_dataset_first(tmp_path):
         httpd.shutdown()
     root = tmp_path / "cache" / "datasets" / "davis2016"
     assert (root / "JPEGImages" / "480p" / "mover" / "00000.jpg").is_file()
-    rows = pads.dataset(str(tmp_path / "runs" / "dl" / "metrics"), partitioning="hive").to_table().to_pylist()
+    rows = RunStore(str(tmp_path / "runs" / "dl")).read_metrics()
     assert [(r["sequence"], r["status"]) for r in rows] == [("mover", "ok")]
     assert str(root) in proc.stderr and "J&F" in proc.stdout

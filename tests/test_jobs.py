@@ -136,13 +136,12 @@ def test_nightly_dry_run_builds_one_submit_per_dataset(tmp_path):
 
 
 def make_night(output, tag, dataset="davis2016", suite="default", status="passed", started="2026-01-01T02:00:00",
-               config_hash="h1", run_status="done", endpoint=None):
+               config_hash="h1", run_status="done"):
     """The two files the baseline search reads: run.json and nightly.json."""
     uri = nightly.join_uri(str(output), f"nightly-{tag}-{dataset}")
-    nightly.run_store(uri, endpoint).write_run_info({"run_id": f"nightly-{tag}-{dataset}", "dataset": dataset,
-                                                     "status": run_status, "started": started,
-                                                     "config_hash": config_hash})
-    nightly.write_file(uri, "nightly.json", json.dumps({"suite": suite, "status": status}).encode(), endpoint)
+    RunStore(uri).write_run_info({"run_id": f"nightly-{tag}-{dataset}", "dataset": dataset, "status": run_status,
+                                  "started": started, "config_hash": config_hash})
+    nightly.write_file(uri, "nightly.json", json.dumps({"suite": suite, "status": status}).encode())
     return uri
 
 
@@ -164,15 +163,18 @@ def test_baseline_is_the_latest_passing_night_of_the_same_suite_and_dataset(tmp_
 
 
 def test_baseline_search_on_s3(s3_bucket, moto_s3_endpoint, monkeypatch):
+    from vosbatch.io.fs import configure_s3
+
     bucket, _ = s3_bucket
-    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint reaches the job's functions as an argument only
-    endpoint, nights = moto_s3_endpoint, f"s3://{bucket}/nightly"
-    make_night(nights, "a", started="2026-01-01T02:00:00", endpoint=endpoint)
-    make_night(nights, "b", started="2026-01-02T02:00:00", status="failed", endpoint=endpoint)
-    assert nightly.list_run_names(nights, endpoint) == ["nightly-a-davis2016", "nightly-b-davis2016"]
-    assert nightly.find_baseline(nights, "davis2016", "default", "x", endpoint_url=endpoint) == \
-        f"{nights}/nightly-a-davis2016"
-    assert nightly.list_run_names(f"s3://{bucket}/elsewhere", endpoint) == []
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):  # restored after the test
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    configure_s3(moto_s3_endpoint)  # what --s3-endpoint-url / the config's s3_endpoint_url do: every URI alike
+    nights = f"s3://{bucket}/nightly"
+    make_night(nights, "a", started="2026-01-01T02:00:00")
+    make_night(nights, "b", started="2026-01-02T02:00:00", status="failed")
+    assert nightly.list_run_names(nights) == ["nightly-a-davis2016", "nightly-b-davis2016"]
+    assert nightly.find_baseline(nights, "davis2016", "default", "x") == f"{nights}/nightly-a-davis2016"
+    assert nightly.list_run_names(f"s3://{bucket}/elsewhere") == []
 
 
 # --------------------------------------------------------------------------------------------------

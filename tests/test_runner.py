@@ -13,12 +13,12 @@ import urllib.parse
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as pads
 import pytest
 
 from vosbatch.config import RunConfig
 from vosbatch.data import davis_sequences
 from vosbatch.io.png import decode_mask
+from vosbatch.io.store import RunStore
 from vosbatch.pipeline import VideoSegmenter
 from vosbatch.runner.windows import plan_windows
 from vosbatch.runner.worker import segment_sequence
@@ -90,9 +90,9 @@ def dataset(tmp_path_factory):
 
 
 def _tables(run: Path):
-    masks = pads.dataset(str(run / "masks"), partitioning="hive").to_table().sort_by(
-        [("sequence", "ascending"), ("frame", "ascending")]).to_pylist()
-    metrics = {r["sequence"]: r for r in pads.dataset(str(run / "metrics"), partitioning="hive").to_table().to_pylist()}
+    store = RunStore(str(run))
+    masks = store.read_masks().to_pylist()
+    metrics = {r["sequence"]: r for r in store.read_metrics()}
     return masks, metrics
 
 
@@ -167,7 +167,7 @@ def test_a_killed_driver_is_finished_by_resume_without_recomputing(dataset, clea
     root, tmp = dataset
     runs = tmp / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "vosbatch.cli", "submit", "--data-root", str(root), "--output",
-                             str(runs), "--run-id", "killed", "--no-progress", *SMALL],
+                             str(runs), "--run-id", "killed", "--no-progress", "--no-compact", *SMALL],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(), start_new_session=True)
     metrics_dir = runs / "killed" / "metrics"
     deadline = time.time() + 120
@@ -187,7 +187,7 @@ def test_a_killed_driver_is_finished_by_resume_without_recomputing(dataset, clea
     finished_seqs = {p.parent.name for p in finished if p.parts[-4] == "metrics"}
     assert 1 <= len(finished_seqs) < 3, "the driver should have died part-way"
     assert json.loads((runs / "killed" / "run.json").read_text())["status"] == "running"
-    res = run_cli("submit", "--output", runs, "--resume", "killed", "--no-progress")
+    res = run_cli("submit", "--output", runs, "--resume", "killed", "--no-progress")  # --no-compact: from run.json
     assert f"resume: {len(finished_seqs)} of 3 sequences already done" in res.stderr
     for p, mtime in finished.items():  # finished sequences were not recomputed or rewritten
         assert p.stat().st_mtime_ns == mtime
@@ -306,7 +306,8 @@ def test_s3_output_survives_failed_puts_and_never_holds_a_partial_object(dataset
         creds = dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="Zq8SecretValue", AWS_DEFAULT_REGION="us-east-1")
         proxy_url = "http://127.0.0.1:%d" % proxy.server_address[1]
         res = run_cli("submit", "--data-root", root, "--output", f"s3://{bucket}/runs", "--run-id", "s3run",
-                      "--no-progress", "--s3-endpoint-url", proxy_url, *SMALL, env=cli_env(**creds), check=False)
+                      "--no-progress", "--no-compact", "--s3-endpoint-url", proxy_url, *SMALL, env=cli_env(**creds),
+                      check=False)
         assert proxy.failures, "the proxy should have broken some uploads"
         assert "Zq8SecretValue" not in res.stdout + res.stderr  # credentials are never logged
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/s3run/")["Contents"])

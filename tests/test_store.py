@@ -48,8 +48,11 @@ def test_rewrites_replace_whole_files_and_leave_no_temporaries(tmp_path):
 
 
 def test_unwritable_output_is_a_clear_error(tmp_path):
+    from vosbatch.runner.job import check_output_writable
+
     blocker = tmp_path / "file"
     blocker.write_text("I am a file, not a folder")
-    store = RunStore(str(blocker / "run"))
-    with pytest.raises(OutputError, match="cannot write"):
-        store.check_writable()
+    with pytest.raises(OutputError, match=f"output not writable: {blocker}/out.*cannot write"):
+        check_output_writable(str(blocker / "out"))
+    check_output_writable(str(tmp_path / "out"))  # a writable one: the probe leaves nothing behind
+    assert list((tmp_path / "out").iterdir()) == []

@@ -1,4 +1,6 @@
-"""Command line: ``vosbatch submit | eval | export``. Thin: parses, then calls the library."""
+"""Command line: ``vosbatch submit | segment | export | report | compare | compact | eval``. Thin: parses,
+then calls the library. An error of the input, the output, S3 or the usage is one line naming what failed
+(never a traceback) and a non-zero exit status."""
 from __future__ import annotations
 
 import json
@@ -35,7 +37,38 @@ def default_data_root(dataset: str) -> Path:
     return cache / "datasets" / dataset
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Every command's I/O and storage errors as one ``Error: ...`` line, exit status 1."""
+
+    def invoke(self, ctx):
+        import pyarrow as pa
+
+        from .errors import VosbatchError
+
+        try:
+            return super().invoke(ctx)
+        except VosbatchError as e:
+            raise click.ClickException(str(e)) from e
+        except (OSError, pa.ArrowException) as e:
+            lines = str(e).strip().splitlines() or [""]
+            raise click.ClickException(f"{type(e).__name__}: {lines[0]}") from e
+
+
+def _configure_s3(ctx, param, value):
+    from .io.fs import configure_s3
+
+    configure_s3(value)
+    return value
+
+
+# One S3 configuration for every s3:// URI a command touches (inputs, manifests, outputs, runs, priors).
+_s3_option = click.option(
+    "--s3-endpoint-url", callback=_configure_s3, expose_value=True, is_eager=True,
+    help="S3-compatible server (http://host:port) for every s3:// URI this command reads or writes "
+         "[default: AWS, or $AWS_ENDPOINT_URL].")
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vosbatch")
 def main() -> None:
     """Unsupervised video object segmentation as a distributed batch job."""
@@ -150,17 +183,21 @@ def _dataset_choices() -> List[str]:
 @click.option("--runtime-env", help="Ray runtime_env as JSON for an existing cluster (default: ship this package).")
 @click.option("--retries", default=2, show_default=True, help="Retries of a sequence whose worker died.")
 @click.option("--output", default="runs", show_default=True, help="Output folder (local path or s3://bucket/prefix).")
-@click.option("--s3-endpoint-url", help="S3-compatible server for s3:// outputs (default: AWS, or $AWS_ENDPOINT_URL).")
+@_s3_option
 @click.option("--run-id", help="Name of the run folder (default: timestamp + config hash).")
 @click.option("--resume", "resume_id", metavar="RUN_ID",
-              help="Continue run RUN_ID under --output: sequences done with the same configuration are skipped.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+              help="Continue run RUN_ID under --output with the options it was started with (those given again "
+                   "override them): sequences done with the same configuration are skipped.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A progress bar on a terminal; otherwise, or with --no-progress, a one-line status now and then.")
+@click.option("--compact/--no-compact", default=True, show_default=True,
+              help="At the end, fold the run's per-sequence files into a few large Parquet files (vosbatch compact).")
 @click.option("--fail-on-error", is_flag=True, help="Exit with status 1 when any sequence failed.")
 @click.pass_context
 def submit(ctx, preset, dataset, data_root, split, sequences, inputs, method, flow, flow_weights, flow_iters, flow_height,
            flow_cache, features, feature_weights, appearance_weight, refine, stage_refine, work_height, params,
            refine_from, window_frames, window_overlap, workers, cpus_per_worker, gpus, address, runtime_env, retries, output,
-           s3_endpoint_url, run_id, resume_id, progress, fail_on_error) -> None:
+           s3_endpoint_url, run_id, resume_id, progress, compact, fail_on_error) -> None:
     """Segment a dataset's sequences (or --input videos) on Ray actors; masks + metrics under OUTPUT/RUN_ID/."""
     from click.core import ParameterSource
 
@@ -194,35 +231,40 @@ def submit(ctx, preset, dataset, data_root, split, sequences, inputs, method, fl
                    sequences=_split_csv(sequences), inputs=list(inputs) or None, output=output,
                    run_id=resume_id or run_id, workers=workers, gpus=gpus, cpus_per_worker=cpus_per_worker,
                    address=address, retries=retries, s3_endpoint_url=s3_endpoint_url, flow_cache=flow_cache,
-                   runtime_env=env, progress=progress)
+                   runtime_env=env, progress=progress, compact=compact)
     explicit_inputs = {o for o in explicit if o in JobSpec.INPUT_FIELDS} | ({"data_root"} if data_root else set())
+    explicit_job = {o for o in explicit if o in JobSpec.RESUMED_FIELDS}
     try:
-        job = run_job(spec, cfg, resume=bool(resume_id), explicit=explicit_cfg | explicit_inputs,
+        job = run_job(spec, cfg, resume=bool(resume_id), explicit=explicit_cfg | explicit_inputs | explicit_job,
                       download=lambda name: ensure_dataset(name, default_data_root(name), progress=progress),
                       echo=lambda m: click.echo(m, err=True), code=code_version(), host=host_facts())
-    except VosbatchError as e:
-        raise click.ClickException(str(e))
-    except Exception as e:  # download errors etc.
-        raise click.ClickException(f"{dataset}: {type(e).__name__}: {e}")
-    rows, counts, stats = job["rows"], job["counts"], job["stats"]
-    ok_rows = sorted((r for r in job["all_rows"] if r["status"] == "ok" and r.get("j_mean") is not None),
-                     key=lambda r: (r["dataset"], r["sequence"]))
-    if ok_rows:
-        click.echo(format_table(ok_rows))
-        s = summarise(ok_rows)
+    except VosbatchError:
+        raise
+    except Exception as e:  # e.g. a download's error: say what failed
+        raise click.ClickException(f"{spec.source()}: {type(e).__name__}: {e}")
+    metrics, counts, stats = job["metrics"], job["counts"], job["stats"]
+    scored = [r for r in metrics.to_pylist() if r["status"] == "ok" and r.get("j_mean") is not None] \
+        if metrics.num_rows <= 10_000 else []
+    if scored:
+        if len(scored) <= 100:
+            click.echo(format_table(scored))
+        s = summarise(scored)
         extra = ""
-        if all(r.get("init_j_mean") is not None for r in ok_rows):
-            init_j = sum(r["init_j_mean"] for r in ok_rows) / len(ok_rows)
+        if all(r.get("init_j_mean") is not None for r in scored):
+            init_j = sum(r["init_j_mean"] for r in scored) / len(scored)
             extra = f"  (initialisation J {init_j:.3f}, optimisation {s['j_mean'] - init_j:+.3f})"
         click.echo(f"J&F {s['jf_mean']:.3f}  J {s['j_mean']:.3f}  F {s['f_mean']:.3f}{extra}")
-    frames_done = sum(r.get("frames") or 0 for r in rows if r["status"] == "ok")
+    import pyarrow.compute as pc
+
+    ok = pc.equal(metrics.column("status"), "ok")
+    frames = int(pc.sum(pc.if_else(ok, metrics.column("frames"), 0)).as_py() or 0) if metrics.num_rows else 0
     elapsed = job["elapsed"]
     skipped = f", {job['skipped']} skipped (done before)" if job["skipped"] else ""
-    click.echo(f"{counts['ok']} ok, {counts['failed']} failed{skipped}, {stats.retries} retried, {frames_done} frames "
-               f"in {elapsed:.1f} s ({elapsed / max(frames_done, 1):.3f} s/frame; actor start-up "
-               f"{stats.startup_s:.1f} s, driver overhead {stats.overhead_per_sequence_s:.3f} s/sequence)")
+    click.echo(f"{counts['ok']} ok, {counts['failed']} failed{skipped}, {stats.retries} retried; the run has "
+               f"{frames} frames; {elapsed:.1f} s (actor start-up {stats.startup_s:.1f} s, driver overhead "
+               f"{stats.overhead_per_sequence_s * 1000:.1f} ms/sequence)")
     click.echo(f"run: {job['store'].uri}")
-    if fail_on_error and any(r["status"] != "ok" for r in job["all_rows"]):
+    if fail_on_error and job["info"].get("sequences_failed"):
         sys.exit(1)
 
 
@@ -262,12 +304,28 @@ def eval_cmd(pred, gt, sequences, out) -> None:
 @click.argument("run")
 @click.option("--png", "png_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Destination: PNG/<sequence>/<frame>.png (0/255).")
-def export(run, png_dir) -> None:
-    """Write the masks of a run as DAVIS-layout 0/255 PNGs."""
+@_s3_option
+def export(run, png_dir, s3_endpoint_url) -> None:
+    """Write the masks of RUN (local or s3://) as DAVIS-layout 0/255 PNGs, a sequence at a time."""
     from .evaluation import export_pngs
 
     n = export_pngs(run, png_dir)
     click.echo(f"wrote {n} masks under {png_dir}")
+
+
+@main.command()
+@click.argument("run")
+@_s3_option
+def compact(run, s3_endpoint_url) -> None:
+    """Fold RUN's per-sequence Parquet files into a few large ones (compacted/); safe to interrupt and
+    repeat, and to run while a job still writes into RUN."""
+    from .io.store import RunStore
+
+    store = RunStore(run)
+    store.read_run_info()  # a run, or one line saying why not
+    result = store.compact()
+    click.echo(f"{run}: generation {result.generation}, {result.sequences} sequences compacted "
+               f"({result.added} folded in now; {result.deleted} small files removed, {result.kept} rewritten meanwhile and kept)")
 
 
 @main.command()
@@ -285,8 +343,9 @@ def export(run, png_dir) -> None:
 @click.option("--max-width", default=640, show_default=True, help="Width of the overlay videos in pixels.")
 @click.option("--self-contained", is_flag=True, help="One HTML file with the media inlined (data: URIs).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_s3_option
 def report(run, out, compare, data_root, sequences, curves, video_format, fps, worst, max_width, self_contained,
-           progress) -> None:
+           progress, s3_endpoint_url) -> None:
     """Write an HTML report of RUN (local or s3://): configuration, J&F table, plots, overlay videos."""
     from .errors import VosbatchError
     from .report import build_report
@@ -345,24 +404,24 @@ def segment(input_path, out, preset, max_frames, max_height, method, flow, flow_
               help="Also a regression: seconds per frame grow by more than this fraction (0.5 = 50% slower).")
 @click.option("--fail-on-regression", is_flag=True,
               help="Exit with status 1 on a regression (J&F drop beyond --threshold, or a newly failing sequence).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1),
+              help="Runs without ground truth: also a regression when a sequence's masks in B agree with A's "
+                   "(mean IoU over its frames) less than this.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write per-sequence deltas (.csv or .parquet).")
-@click.option("--s3-endpoint-url", help="S3-compatible server for s3:// runs (default: AWS, or $AWS_ENDPOINT_URL).")
-def compare(run_a, run_b, threshold, speed_threshold, fail_on_regression, out, s3_endpoint_url) -> None:
+@_s3_option
+def compare(run_a, run_b, threshold, speed_threshold, min_agreement, fail_on_regression, out, s3_endpoint_url) -> None:
     """Compare run B with baseline run A (local or s3://): per-sequence and overall J, F, J&F and
-    seconds-per-frame deltas (B - A), configuration differences, sequences failed or in one run only."""
+    seconds-per-frame deltas (B - A), or without ground truth the masks' agreement and foreground fractions;
+    configuration differences, sequences failed or in one run only."""
     from .compare import compare_uris, format_comparison, write_comparison
-    from .errors import VosbatchError
 
-    try:
-        result = compare_uris(run_a, run_b, s3_endpoint_url)
-        if out:
-            write_comparison(result, out)
-    except VosbatchError as e:
-        raise click.ClickException(str(e))
-    click.echo(format_comparison(result, threshold, speed_threshold))
+    result = compare_uris(run_a, run_b)
+    if out:
+        write_comparison(result, out)
+    click.echo(format_comparison(result, threshold, speed_threshold, min_agreement))
     if out:
         click.echo(f"wrote {out}")
-    if fail_on_regression and result.regression_reasons(threshold, speed_threshold):
+    if fail_on_regression and result.regression_reasons(threshold, speed_threshold, min_agreement):
         sys.exit(1)
 
 

@@ -4,6 +4,9 @@
 a negative ΔJ&F is a loss and a positive Δs/frame a slowdown. Runs are read through
 :class:`~vosbatch.io.store.RunStore`, so either may be a local folder or an ``s3://`` prefix.
 
+Runs without ground truth (pseudo-labelling a corpus) are compared on what they have: how far B's
+masks agree with A's (mean IoU per sequence), the foreground fraction, speed, and failures.
+
 Kept free of click and printing (apart from :func:`format_comparison`, which returns text) so the
 nightly benchmark job and tests use the same numbers as ``vosbatch compare``.
 """
@@ -14,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import InputError
 from .io.runs import Key, RunView, finite as _finite, load_run
@@ -24,9 +29,9 @@ from .io.runs import Key, RunView, finite as _finite, load_run
 RUN_FACTS = ("dataset", "split", "workers", "gpus", "code.package", "code.git_commit", "code.git_dirty")
 
 
-def load_run_metrics(uri: str, endpoint_url: Optional[str] = None, **s3_options) -> RunView:
+def load_run_metrics(uri: str, **s3_options) -> RunView:
     """A run as a comparison needs it (see :func:`vosbatch.io.runs.load_run`)."""
-    return load_run(uri, endpoint_url=endpoint_url, **s3_options)
+    return load_run(uri, **s3_options)
 
 
 def is_scored(row: Optional[dict]) -> bool:
@@ -65,6 +70,9 @@ class SequenceDelta:
     spf_a: Optional[float] = None  # seconds per frame
     spf_b: Optional[float] = None
     error_b: Optional[str] = None
+    agreement: Optional[float] = None  # mean IoU of B's masks with A's, frame by frame (runs without GT)
+    fg_a: Optional[float] = None  # mean foreground fraction of the masks
+    fg_b: Optional[float] = None
 
     @property
     def key(self) -> Key:
@@ -94,7 +102,8 @@ class SequenceDelta:
         return {"dataset": self.dataset, "sequence": self.sequence, "status_a": self.status_a,
                 "status_b": self.status_b, "j_a": self.j_a, "j_b": self.j_b, "d_j": self.d_j, "f_a": self.f_a,
                 "f_b": self.f_b, "d_f": self.d_f, "jf_a": self.jf_a, "jf_b": self.jf_b, "d_jf": self.d_jf,
-                "s_per_frame_a": self.spf_a, "s_per_frame_b": self.spf_b, "d_s_per_frame": self.d_spf}
+                "s_per_frame_a": self.spf_a, "s_per_frame_b": self.spf_b, "d_s_per_frame": self.d_spf,
+                "agreement": self.agreement, "foreground_a": self.fg_a, "foreground_b": self.fg_b}
 
 
 @dataclass
@@ -121,25 +130,42 @@ class Comparison:
         return [s.key for s in self.sequences if s.status_a is None]
 
     @property
+    def scored(self) -> bool:
+        """Whether the runs have ground truth to compare on (else masks are compared with each other)."""
+        return any(s.jf_a is not None or s.jf_b is not None for s in self.sequences)
+
+    def _ok(self, side: str, s: SequenceDelta) -> bool:
+        return getattr(s, f"jf_{side}") is not None if self.scored else getattr(s, f"status_{side}") == "ok"
+
+    @property
     def newly_failed(self) -> List[Key]:
-        """Scored in A but failed in B: a regression whatever the means say."""
-        return [s.key for s in self.sequences if s.jf_a is not None and s.status_b is not None and s.jf_b is None]
+        """Scored (or, without GT, ok) in A but failed in B: a regression whatever the means say."""
+        return [s.key for s in self.sequences if self._ok("a", s) and s.status_b is not None and not self._ok("b", s)]
 
     @property
     def fixed(self) -> List[Key]:
-        return [s.key for s in self.sequences if s.status_a is not None and s.jf_a is None and s.jf_b is not None]
+        return [s.key for s in self.sequences if s.status_a is not None and not self._ok("a", s) and self._ok("b", s)]
+
+    def disagreeing(self, min_agreement: Optional[float]) -> List[SequenceDelta]:
+        """Sequences whose masks in B agree with A's less than ``min_agreement`` (mean IoU), worst first."""
+        if min_agreement is None:
+            return []
+        return sorted((s for s in self.sequences if s.agreement is not None and s.agreement < min_agreement),
+                      key=lambda s: s.agreement)
 
     def regressed_sequences(self, threshold: float) -> List[SequenceDelta]:
         """Common sequences whose J&F dropped by more than ``threshold``, worst first."""
         worse = [s for s in self.common if s.d_jf < -threshold]
         return sorted(worse, key=lambda s: s.d_jf)
 
-    def regression_reasons(self, threshold: float, speed_threshold: Optional[float] = None) -> List[str]:
+    def regression_reasons(self, threshold: float, speed_threshold: Optional[float] = None,
+                           min_agreement: Optional[float] = None) -> List[str]:
         """Why B counts as a regression of A (empty: it does not).
 
-        The overall J&F (mean over common sequences) must not drop by more than ``threshold``, no
-        sequence may newly fail, and, when ``speed_threshold`` is given, seconds per frame must not
-        grow by more than that fraction (0.5 = 50 % slower).
+        With ground truth, the overall J&F (mean over common sequences) must not drop by more than
+        ``threshold``; without, B's masks must agree with A's (mean IoU per sequence) at least
+        ``min_agreement`` when it is given. Either way no sequence may newly fail, and, when
+        ``speed_threshold`` is given, seconds per frame must not grow by more than that fraction (0.5 = 50 % slower).
         """
         reasons = []
         o = self.overall
@@ -147,8 +173,12 @@ class Comparison:
             reasons.append(f"overall J&F {o['jf_a']:.3f} -> {o['jf_b']:.3f} ({o['d_jf']:+.3f}, threshold {threshold:.3f})")
         if self.newly_failed:
             reasons.append("newly failed: " + ", ".join(_name(k) for k in self.newly_failed))
-        if self.sequences and not self.common and not self.newly_failed:
+        if self.scored and self.sequences and not self.common and not self.newly_failed:
             reasons.append("no sequence scored in both runs")
+        low = self.disagreeing(min_agreement)
+        if low:
+            reasons.append(f"{len(low)} sequence(s) agree with A below {min_agreement:.2f} mean IoU: "
+                           + ", ".join(f"{_name(s.key)} ({s.agreement:.3f})" for s in low[:10]))
         if speed_threshold is not None and o.get("spf_a") and o.get("spf_b") is not None:
             if o["spf_b"] > o["spf_a"] * (1 + speed_threshold):
                 reasons.append(f"s/frame {o['spf_a']:.3f} -> {o['spf_b']:.3f} "
@@ -198,6 +228,28 @@ def _sequence_delta(key: Key, a: Optional[dict], b: Optional[dict]) -> SequenceD
     )
 
 
+def mask_agreement(run_a: RunView, run_b: RunView, key: Key) -> Optional[float]:
+    """Mean over the frames both runs have of IoU(B's mask, A's mask); two empty masks agree fully."""
+    from .io.png import decode_mask
+
+    def by_frame(run):
+        table = run.store.read_masks(*key).select(["frame_name", "mask_png"])
+        return dict(zip(table.column("frame_name").to_pylist(), table.column("mask_png").to_pylist()))
+
+    a, b = by_frame(run_a), by_frame(run_b)
+    ious = []
+    for name in sorted(set(a) & set(b)):
+        ma, mb = decode_mask(a[name]), decode_mask(b[name])
+        union = np.logical_or(ma, mb).sum()
+        ious.append(float(np.logical_and(ma, mb).sum() / union) if union else 1.0)
+    return float(np.mean(ious)) if ious else None
+
+
+def _foreground(run: RunView, key: Key) -> Optional[float]:
+    table = run.store.read_masks(*key).select(["foreground_fraction"])
+    return float(pc.mean(table.column("foreground_fraction")).as_py()) if table.num_rows else None
+
+
 def _overall(common: List[SequenceDelta], rows_a: Dict[Key, dict], rows_b: Dict[Key, dict]) -> Dict[str, Optional[float]]:
     """Means over the sequences scored in both runs, so a sequence missing from one run cannot
     move the comparison; speed is total seconds over total frames of those sequences."""
@@ -218,18 +270,27 @@ def _overall(common: List[SequenceDelta], rows_a: Dict[Key, dict], rows_b: Dict[
 
 
 def compare_runs(run_a: RunView, run_b: RunView) -> Comparison:
-    """Join two runs on (dataset, sequence) and compute every delta (B - A)."""
+    """Join two runs on (dataset, sequence) and compute every delta (B - A); without ground truth, the
+    masks' agreement and foreground fractions of the sequences both runs finished."""
     keys = sorted(set(run_a.rows) | set(run_b.rows))
     seqs = [_sequence_delta(k, run_a.rows.get(k), run_b.rows.get(k)) for k in keys]
     common = [s for s in seqs if s.both_scored]
-    return Comparison(run_a.uri, run_b.uri, seqs, config_differences(run_a.info, run_b.info),
-                      _overall(common, run_a.rows, run_b.rows))
+    cmp = Comparison(run_a.uri, run_b.uri, seqs, config_differences(run_a.info, run_b.info),
+                     _overall(common, run_a.rows, run_b.rows))
+    if not cmp.scored:
+        both = [s for s in seqs if s.status_a == "ok" and s.status_b == "ok"]
+        for s in both:
+            s.agreement = mask_agreement(run_a, run_b, s.key)
+            s.fg_a, s.fg_b = _foreground(run_a, s.key), _foreground(run_b, s.key)
+        agreements = [s.agreement for s in both if s.agreement is not None]
+        cmp.overall["agreement"] = float(np.mean(agreements)) if agreements else None
+        cmp.overall["sequences"] = len(both)
+    return cmp
 
 
-def compare_uris(uri_a: str, uri_b: str, endpoint_url: Optional[str] = None, **s3_options) -> Comparison:
+def compare_uris(uri_a: str, uri_b: str, **s3_options) -> Comparison:
     """:func:`compare_runs` of two run addresses (see :func:`load_run_metrics` for the S3 options)."""
-    return compare_runs(load_run_metrics(uri_a, endpoint_url, **s3_options),
-                        load_run_metrics(uri_b, endpoint_url, **s3_options))
+    return compare_runs(load_run_metrics(uri_a, **s3_options), load_run_metrics(uri_b, **s3_options))
 
 
 def _fmt(v: Optional[float], signed: bool = False) -> str:
@@ -238,32 +299,47 @@ def _fmt(v: Optional[float], signed: bool = False) -> str:
     return f"{v:+.3f}" if signed else f"{v:.3f}"
 
 
-def format_comparison(cmp: Comparison, threshold: float = 0.01, speed_threshold: Optional[float] = None) -> str:
+def format_comparison(cmp: Comparison, threshold: float = 0.01, speed_threshold: Optional[float] = None,
+                      min_agreement: Optional[float] = None) -> str:
     """Readable report: the per-sequence table with an overall line, then config differences,
-    sequences in one run only, newly failed ones and the verdict."""
+    sequences in one run only, newly failed ones and the verdict. Runs without ground truth show the
+    masks' agreement and foreground fractions instead of J and F."""
     several = len({s.dataset for s in cmp.sequences}) > 1
-    header = ["sequence", "J&F A", "J&F B", "ΔJ&F", "ΔJ", "ΔF", "s/f A", "s/f B", "Δs/f", ""]
+    if cmp.scored:
+        header = ["sequence", "J&F A", "J&F B", "ΔJ&F", "ΔJ", "ΔF", "s/f A", "s/f B", "Δs/f", ""]
+    else:
+        header = ["sequence", "fg A", "fg B", "IoU(B,A)", "s/f A", "s/f B", "Δs/f", ""]
     lines = []
     for s in cmp.sequences:
         name = _name(s.key) if several else s.sequence
-        if s.both_scored:
-            mark = "REGRESSED" if s.d_jf < -threshold else ""
-        elif s.status_a is None:
+        if s.status_a is None:
             mark = "only in B"
         elif s.status_b is None:
             mark = "only in A"
-        elif s.jf_a is not None:
+        elif s.key in cmp.newly_failed:
             mark = f"FAILED in B: {s.error_b or s.status_b}"
-        elif s.jf_b is not None:
+        elif s.key in cmp.fixed:
             mark = "fixed (failed in A)"
-        else:
+        elif not cmp._ok("a", s):
             mark = "failed in both"
-        lines.append([name, _fmt(s.jf_a), _fmt(s.jf_b), _fmt(s.d_jf, True), _fmt(s.d_j, True), _fmt(s.d_f, True),
-                      _fmt(s.spf_a), _fmt(s.spf_b), _fmt(s.d_spf, True), mark])
+        elif cmp.scored:
+            mark = "REGRESSED" if s.both_scored and s.d_jf < -threshold else ""
+        else:
+            mark = "DISAGREES" if min_agreement is not None and s.agreement is not None and s.agreement < min_agreement else ""
+        if cmp.scored:
+            lines.append([name, _fmt(s.jf_a), _fmt(s.jf_b), _fmt(s.d_jf, True), _fmt(s.d_j, True), _fmt(s.d_f, True),
+                          _fmt(s.spf_a), _fmt(s.spf_b), _fmt(s.d_spf, True), mark])
+        else:
+            lines.append([name, _fmt(s.fg_a), _fmt(s.fg_b), _fmt(s.agreement), _fmt(s.spf_a), _fmt(s.spf_b),
+                          _fmt(s.d_spf, True), mark])
     o = cmp.overall
-    footer = [f"mean of {len(cmp.common)} common", _fmt(o.get("jf_a")), _fmt(o.get("jf_b")), _fmt(o.get("d_jf"), True),
-              _fmt(o.get("d_j"), True), _fmt(o.get("d_f"), True), _fmt(o.get("spf_a")), _fmt(o.get("spf_b")),
-              _fmt(o.get("d_spf"), True), ""]
+    if cmp.scored:
+        footer = [f"mean of {len(cmp.common)} common", _fmt(o.get("jf_a")), _fmt(o.get("jf_b")), _fmt(o.get("d_jf"), True),
+                  _fmt(o.get("d_j"), True), _fmt(o.get("d_f"), True), _fmt(o.get("spf_a")), _fmt(o.get("spf_b")),
+                  _fmt(o.get("d_spf"), True), ""]
+    else:
+        footer = [f"mean of {o.get('sequences', 0)} in both", "", "", _fmt(o.get("agreement")), _fmt(o.get("spf_a")),
+                  _fmt(o.get("spf_b")), _fmt(o.get("d_spf"), True), ""]
     widths = [max(len(r[c]) for r in [header, footer, *lines]) for c in range(len(header))]
 
     def fmt(row):
@@ -285,9 +361,16 @@ def format_comparison(cmp: Comparison, threshold: float = 0.01, speed_threshold:
     if regressed:
         out.append(f"regressed sequences (ΔJ&F < -{threshold:.3f}): "
                    + ", ".join(f"{_name(s.key)} ({s.d_jf:+.3f})" for s in regressed))
-    reasons = cmp.regression_reasons(threshold, speed_threshold)
+    reasons = cmp.regression_reasons(threshold, speed_threshold, min_agreement)
     out.append("")
-    out += [f"REGRESSION: {r}" for r in reasons] if reasons else [f"no regression (threshold {threshold:.3f})"]
+    if reasons:
+        out += [f"REGRESSION: {r}" for r in reasons]
+    elif cmp.scored:
+        out.append(f"no regression (threshold {threshold:.3f})")
+    else:
+        out.append("no regression (no ground truth: no sequence newly failed"
+                   + (f", every agreement >= {min_agreement:.2f})" if min_agreement is not None else
+                      "; set --min-agreement to also check the masks' agreement)"))
     return "\n".join(out)
 
 

@@ -72,15 +72,19 @@ def write_rows(rows: List[Dict], out: Path) -> None:
 
 
 def export_pngs(run_uri: str, png_dir: Path) -> int:
-    """Write a run's masks as PNG/<sequence>/<frame_name>.png (PNG/<dataset>/<sequence>/ if several datasets)."""
+    """Write a run's masks as PNG/<sequence>/<frame_name>.png (PNG/<dataset>/<sequence>/ if several datasets),
+    one sequence at a time: a corpus's masks never need to fit in memory."""
     store = RunStore(str(run_uri))
-    table = store.read_masks()
-    if table.num_rows == 0:
+    store.read_run_info()  # a run, or one line saying why not
+    keys = store.mask_keys()
+    if not keys:
         raise InputError(f"{run_uri}: no masks in this run")
-    datasets = set(table.column("dataset").to_pylist())
+    several = len({d for d, _ in keys}) > 1
     n = 0
-    for row in table.select(["dataset", "sequence", "frame_name", "mask_png"]).to_pylist():
-        base = Path(png_dir) / (str(row["dataset"]) if len(datasets) > 1 else "") / str(row["sequence"])
-        write_davis_png(decode_mask(row["mask_png"]), base / f"{row['frame_name']}.png")
-        n += 1
+    for dataset, sequence in keys:
+        table = store.read_masks(dataset, sequence).select(["frame_name", "mask_png"])
+        base = Path(png_dir) / (dataset if several else "") / sequence
+        for name, png in zip(table.column("frame_name").to_pylist(), table.column("mask_png").to_pylist()):
+            write_davis_png(decode_mask(png), base / f"{name}.png")
+            n += 1
     return n

@@ -21,6 +21,7 @@ from .flow.base import BidirectionalFlow
 from .flow.cache import cached_flow
 from .methods import MethodInput, MethodOutput, get_method
 from .postprocess.binarize import binarize
+from .progress import report, span
 
 
 @dataclass
@@ -85,8 +86,14 @@ class VideoSegmenter:
         """``prior``: optional (T,H,W) masks in [0,1] from another method, for methods that refine."""
         out, seconds = self.method_output(frames, prior)
         t0 = time.perf_counter()
-        masks = self.binarize(frames, out.soft)
-        stages = {k: self.binarize(frames, v, stage=True) for k, v in out.stages.items()} if keep_stages else {}
+        todo = [(None, out.soft)] + (list(out.stages.items()) if keep_stages else [])
+        binarized = {}
+        for i, (name, soft) in enumerate(todo):
+            with span(i / len(todo), (i + 1) / len(todo)):
+                binarized[name] = self.binarize(frames, soft, stage=name is not None)
+        report("binarize", 1.0)
+        masks = binarized.pop(None)
+        stages = binarized
         seconds["binarize"] = time.perf_counter() - t0
         return SegmentationResult(masks, out.soft, stages, seconds, dict(out.info))
 
@@ -107,6 +114,7 @@ class VideoSegmenter:
             feats = self.features(small, grid) if grid else None
         with timer("method"):
             out = self.method.run(MethodInput(small, flow, feats, prior), self.method_cfg)
+        report("method", 1.0)
         # the method's own stages (e.g. init / optimise) replace its lump sum when it reports them
         method_stages = {k[len("seconds_"):]: out.info.pop(k) for k in [k for k in out.info if k.startswith("seconds_")]}
         if method_stages:

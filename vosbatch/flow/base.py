@@ -18,6 +18,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from ..progress import report
 from ..registry import Registry
 
 
@@ -51,13 +52,21 @@ class FlowBackend:
         """Flow from each ``sources[i]`` to ``targets[i]``: (N,H,W,3) uint8 x2 -> (N,H,W,2) float32."""
         raise NotImplementedError
 
+    #: pairs per call of :meth:`pair_batch`: progress is reported between calls
+    chunk: int = 8
+
     def __call__(self, frames: np.ndarray) -> BidirectionalFlow:
         """Forward and backward flow between all consecutive frames of a clip."""
         if frames.ndim != 4 or frames.shape[0] < 2:
             raise ValueError(f"need at least 2 frames of shape (T,H,W,3), got {frames.shape}")
-        forward = self.pair_batch(frames[:-1], frames[1:])
-        backward = self.pair_batch(frames[1:], frames[:-1])
-        return BidirectionalFlow(forward.astype(np.float32), backward.astype(np.float32))
+        n = frames.shape[0] - 1
+        forward, backward = [], []
+        for s in range(0, n, self.chunk):
+            e = min(n, s + self.chunk)
+            forward.append(self.pair_batch(frames[s:e], frames[s + 1:e + 1]))
+            backward.append(self.pair_batch(frames[s + 1:e + 1], frames[s:e]))
+            report("flow", e / n)
+        return BidirectionalFlow(np.concatenate(forward).astype(np.float32), np.concatenate(backward).astype(np.float32))
 
 
 def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """One way to reach local paths and ``s3://`` URIs: pyarrow's filesystem layer.
 
-Run stores, manifests, frames and videos on S3 all go through :func:`filesystem_for`, so an
-S3-compatible store (MinIO, Ceph, moto...) configured with the AWS CLI's endpoint variables works
-everywhere. Credentials come from the usual AWS chain (environment, config files, instance role).
+Run stores, manifests, frames, videos and priors on S3 all go through :func:`filesystem_for`, and the
+one S3 configuration is the AWS CLI's endpoint variables: ``--s3-endpoint-url`` sets them
+(:func:`configure_s3`) for this process and every process it starts (Ray workers, jobs' subprocesses),
+so an S3-compatible store (MinIO, Ceph, moto...) is reached for every URI alike. Credentials come from
+the usual AWS chain (environment, config files, instance role) and are never logged.
 """
 from __future__ import annotations
 
@@ -20,6 +22,23 @@ def is_s3(location: PathLike) -> bool:
     return isinstance(location, str) and location.startswith("s3://")
 
 
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # the AWS CLI's, most specific first
+
+
+def configure_s3(endpoint_url: Optional[str]) -> None:
+    """Send every ``s3://`` URI of this process, and of the processes it starts, to ``endpoint_url``
+    (``http://host:port``); None leaves the environment's choice (AWS, or ``$AWS_ENDPOINT_URL``)."""
+    if endpoint_url:
+        for name in ENDPOINT_VARIABLES:
+            os.environ[name] = endpoint_url
+        _s3_filesystem.cache_clear()
+
+
+def s3_environment() -> dict:
+    """The endpoint variables set here, for workers on other nodes (their credentials are their own)."""
+    return {name: os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)}
+
+
 def endpoint_options(endpoint_url: str) -> dict:
     """pyarrow S3 options for an endpoint URL (``http://host:port``; no scheme means https)."""
     scheme, _, host = endpoint_url.partition("://")
@@ -33,7 +52,7 @@ def filesystem_for(uri: str, **s3_options) -> Tuple[pafs.FileSystem, str]:
     ``endpoint_override`` is given explicitly.
     """
     if is_s3(uri):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = next((os.environ[n] for n in ENDPOINT_VARIABLES if os.environ.get(n)), None)
         if endpoint and "endpoint_override" not in s3_options:
             s3_options = dict(s3_options, **endpoint_options(endpoint))
         key = uri[len("s3://"):].rstrip("/")

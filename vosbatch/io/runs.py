@@ -4,10 +4,9 @@ One reader for everything that looks at runs afterwards (reports, ``vosbatch com
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from ..errors import InputError
 from .store import RunStore
@@ -38,20 +37,15 @@ class RunView:
         return [r for r in self.rows.values() if r.get("status") == "ok" and finite(r.get("j_mean"))]
 
 
-def load_run(uri: str, label: str = "", endpoint_url: Optional[str] = None, **s3_options) -> RunView:
-    """Read run.json and the metrics of a run, failing with the run's address when it is not one.
-
-    ``endpoint_url`` points s3:// at an S3-compatible server (MinIO, moto...); ``s3_options`` go to
-    pyarrow's S3FileSystem. Credentials come from the standard AWS chain.
-    """
+def load_run(uri: str, label: str = "", **s3_options) -> RunView:
+    """Read run.json and the metrics of a run, failing with one line naming the run when it is not one
+    or cannot be reached. ``s3_options`` go to pyarrow's S3FileSystem (the endpoint otherwise comes from
+    :func:`vosbatch.io.fs.configure_s3`); credentials come from the standard AWS chain."""
     uri = str(uri)
-    is_s3 = uri.startswith("s3://")
-    store = RunStore(uri, endpoint_url=endpoint_url if is_s3 else None, **(s3_options if is_s3 else {}))
+    store = RunStore(uri, **(s3_options if uri.startswith("s3://") else {}))
     try:
         info = store.read_run_info()
-    except (OSError, FileNotFoundError) as e:
-        raise InputError(f"{uri}: no readable run.json — not a vosbatch run folder? ({e})") from e
-    except json.JSONDecodeError as e:
-        raise InputError(f"{uri}/run.json: not valid JSON ({e})") from e
+    except InputError as e:
+        raise InputError(f"{e} — not a vosbatch run folder?" if "not found" in str(e) else str(e)) from e
     rows = {(str(r.get("dataset")), str(r.get("sequence"))): r for r in store.read_metrics()}
     return RunView(uri, store, info, rows, label)

@@ -2,13 +2,15 @@
 
 Layout of a run (``OUTPUT/RUN_ID/``)::
 
-    run.json                                               configuration, code version, times, host
-    masks/dataset=<d>/sequence=<s>/part-0.parquet          one row per frame
+    run.json                                               configuration, submit options, status, code version
+    masks/dataset=<d>/sequence=<s>/part-0.parquet          one row per frame, one file per sequence
     metrics/dataset=<d>/sequence=<s>/part-0.parquet        one row per sequence
+    events/part-<time>-<id>.parquet                        retries: sequence, attempt, reason, time
+    compacted/CURRENT, compacted/g<N>/{masks,metrics}-*.parquet   after `vosbatch compact` (io.compact)
 
-Both tables are Hive-partitioned datasets: ``pyarrow.dataset.dataset(path, partitioning="hive")``
-(or Spark, DuckDB, Ray Data) reads them whole, and each sequence is a file of its own, so a
-sequence's results appear or are replaced atomically and reruns never touch other sequences.
+Workers write each sequence's files whole, so a sequence's results appear or are replaced atomically and
+reruns never touch other sequences. Compaction folds finished sequences into a few large files; every
+reader here sees the union, a sequence's own files winning over its compacted rows.
 """
 from __future__ import annotations
 
@@ -18,16 +20,19 @@ import logging
 import os
 import time
 import uuid
-from typing import Dict, Iterable, List, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..errors import OutputError
-from .fs import endpoint_options, filesystem_for
+from ..errors import InputError, OutputError
+from ..names import check_name
+from .fs import filesystem_for
 from .png import encode_mask
 
 log = logging.getLogger(__name__)
@@ -37,16 +42,18 @@ PUT_ATTEMPTS = 5
 #: First backoff between attempts, doubled each time (seconds).
 PUT_BACKOFF_S = 0.5
 
-MASK_SCHEMA = pa.schema(
-    [
-        ("frame", pa.int32()),
-        ("frame_name", pa.string()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("mask_png", pa.binary()),
-        ("foreground_fraction", pa.float32()),
-    ]
-)
+Key = Tuple[str, str]  # (dataset, sequence)
+KEY_FIELDS = [("dataset", pa.string()), ("sequence", pa.string())]
+
+MASK_FIELDS = [
+    ("frame", pa.int32()),
+    ("frame_name", pa.string()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("mask_png", pa.binary()),
+    ("foreground_fraction", pa.float32()),
+]
+MASK_SCHEMA = pa.schema(MASK_FIELDS)
 
 METRIC_FIELDS = [
     ("method", pa.string()),
@@ -65,26 +72,62 @@ METRIC_FIELDS = [
     ("init_f_mean", pa.float64()),
     ("seconds_by_stage", pa.string()),  # JSON {stage: seconds}
     ("peak_rss_gb", pa.float64()),  # peak resident memory of the worker process after this sequence
-    ("stage_scores", pa.string()),
+    ("stage_scores", pa.string()),  # JSON {stage: {j_mean, f_mean}} for the method's intermediate masks
     ("windows", pa.int32()),  # how many overlapping windows the video was segmented in
-    ("window_overlap_iou", pa.float64()),  # mean IoU of consecutive windows' masks on their shared frames  # JSON {stage: {j_mean, f_mean}} for the method's intermediate masks
+    ("window_overlap_iou", pa.float64()),  # mean IoU of consecutive windows' masks on their shared frames
+    ("gt_frames", pa.int32()),  # frames the score is over (annotated and scored by the protocol)
+    ("warning", pa.string()),  # something the row's numbers should be read with (e.g. ground truth with holes)
+    ("retries", pa.int32()),  # times a dead worker made this sequence start again, over all resumes
+    ("node", pa.string()),  # the Ray node that segmented it
 ]
 METRIC_SCHEMA = pa.schema(METRIC_FIELDS)
+EVENT_SCHEMA = pa.schema([*KEY_FIELDS, ("event", pa.string()), ("attempt", pa.int32()), ("reason", pa.string()),
+                          ("time", pa.timestamp("ms", tz="UTC"))])
+COMPACT_SCHEMAS = {"masks": pa.schema(KEY_FIELDS + MASK_FIELDS), "metrics": pa.schema(KEY_FIELDS + METRIC_FIELDS)}
+
+
+def _metric_schema(columns: Optional[Iterable[str]] = None) -> pa.Schema:
+    schema = pa.schema(KEY_FIELDS + METRIC_FIELDS)
+    return pa.schema([schema.field(c) for c in columns]) if columns else schema
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: missing ones (files of older versions) as nulls."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _keys_column(table: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(table.column("dataset").cast(pa.string()), table.column("sequence").cast(pa.string()),
+                                       "\x00")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 class RunStore:
     """Read and write one run's files, atomically per file."""
 
-    def __init__(self, run_uri: str, endpoint_url: Optional[str] = None, **s3_options) -> None:
-        """``endpoint_url``: an S3-compatible server (MinIO, Ceph, moto...) instead of AWS; credentials
-        always come from the standard AWS chain (environment, profile, instance role), never from here."""
-        self.uri = run_uri.rstrip("/")
-        if endpoint_url and run_uri.startswith("s3://"):
-            s3_options = dict(s3_options, **endpoint_options(endpoint_url))
-        self.fs, self.root = filesystem_for(run_uri, **s3_options)
+    def __init__(self, run_uri: str, **s3_options) -> None:
+        """``s3_options``: pyarrow ``S3FileSystem`` options; the endpoint and credentials otherwise come from
+        the environment (:func:`vosbatch.io.fs.configure_s3`, the standard AWS chain), never from here."""
+        self.uri = str(run_uri).rstrip("/")
+        self.fs, self.root = filesystem_for(self.uri, **s3_options)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     # -- low level -------------------------------------------------------------------------
+    @contextmanager
+    def reading(self, rel: str = ""):
+        """Turn a storage error into one :class:`InputError` line naming the URI."""
+        try:
+            yield
+        except FileNotFoundError as e:
+            raise InputError(f"{self.uri}/{rel}".rstrip("/") + f": not found ({_first_line(e)})") from e
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"{self.uri}/{rel}".rstrip("/") + f": cannot read ({_first_line(e)})") from e
+
     def _put_bytes(self, rel: str, data: bytes) -> None:
         """Write a whole object. Local: temporary name + rename (atomic on POSIX). S3: one PUT of the
         whole body (an object appears whole or not at all), retried with backoff on errors."""
@@ -98,7 +141,7 @@ class RunStore:
                     f.write(data)
                 os.replace(tmp, path)
             except (OSError, pa.ArrowException) as e:
-                raise OutputError(f"{self.uri}/{rel}: cannot write ({e})") from e
+                raise OutputError(f"{self.uri}/{rel}: cannot write ({_first_line(e)})") from e
             return
         for attempt in range(1, PUT_ATTEMPTS + 1):
             try:
@@ -107,7 +150,7 @@ class RunStore:
                 return
             except (OSError, pa.ArrowException) as e:
                 if attempt == PUT_ATTEMPTS:
-                    raise OutputError(f"{self.uri}/{rel}: cannot write after {attempt} attempts ({e})") from e
+                    raise OutputError(f"{self.uri}/{rel}: cannot write after {attempt} attempts ({_first_line(e)})") from e
                 log.warning("%s/%s: PUT failed (attempt %d/%d): %s", self.uri, rel, attempt, PUT_ATTEMPTS, e)
                 time.sleep(PUT_BACKOFF_S * 2 ** (attempt - 1))
 
@@ -117,27 +160,36 @@ class RunStore:
         self._put_bytes(rel, sink.getvalue())
 
     def exists(self, rel: str) -> bool:
-        return self.fs.get_file_info(f"{self.root}/{rel}").type != pafs.FileType.NotFound
+        with self.reading(rel):
+            return self.fs.get_file_info(f"{self.root}/{rel}").type != pafs.FileType.NotFound
 
-    def check_writable(self) -> None:
-        """Fail early, naming the location, when the run folder cannot be written."""
-        self._put_bytes(".write-test", b"ok")
+    def delete(self, rel: str) -> None:
         try:
-            self.fs.delete_file(f"{self.root}/.write-test")
-        except OSError:
+            self.fs.delete_file(f"{self.root}/{rel}")
+        except FileNotFoundError:
             pass
 
     # -- run files -------------------------------------------------------------------------
     @staticmethod
     def partition(kind: str, dataset: str, sequence: str) -> str:
+        """``KIND/dataset=D/sequence=S/part-0.parquet``; refuses names that could leave the run's folder."""
+        try:
+            check_name(dataset, "dataset name")
+            check_name(sequence, "sequence name")
+        except ValueError as e:
+            raise OutputError(str(e)) from e
         return f"{kind}/dataset={dataset}/sequence={sequence}/part-0.parquet"
 
     def write_run_info(self, info: dict) -> None:
         self._put_bytes("run.json", json.dumps(info, indent=2, sort_keys=True, default=str).encode())
 
     def read_run_info(self) -> dict:
-        with self.fs.open_input_stream(f"{self.root}/run.json") as f:
-            return json.loads(f.read())
+        with self.reading("run.json"), self.fs.open_input_stream(f"{self.root}/run.json") as f:
+            data = f.read()
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{self.uri}/run.json: not valid JSON ({e})") from e
 
     def write_masks(self, dataset: str, sequence: str, frame_names: List[str], masks: np.ndarray) -> None:
         t, h, w = masks.shape
@@ -147,6 +199,7 @@ class RunStore:
     def write_mask_pngs(self, dataset: str, sequence: str, frame_names: List[str], pngs: List[bytes], height: int,
                         width: int, foreground_fraction) -> None:
         """Masks already PNG-encoded (long videos keep only these, a few KB per frame)."""
+        rel = self.partition("masks", dataset, sequence)
         t = len(pngs)
         table = pa.table(
             {
@@ -159,46 +212,108 @@ class RunStore:
             },
             schema=MASK_SCHEMA,
         )
-        self._put_table(self.partition("masks", dataset, sequence), table)
+        self._put_table(rel, table)
 
     def write_metrics(self, dataset: str, sequence: str, row: Dict) -> None:
+        rel = self.partition("metrics", dataset, sequence)
         cols = {name: [row.get(name)] for name, _ in METRIC_FIELDS}
-        self._put_table(self.partition("metrics", dataset, sequence), pa.table(cols, schema=METRIC_SCHEMA))
+        self._put_table(rel, pa.table(cols, schema=METRIC_SCHEMA))
 
-    def _read_dataset(self, kind: str, columns: Optional[Iterable[str]] = None, filter=None) -> pa.Table:
+    def write_events(self, events: List[Dict]) -> None:
+        """Append events (retries...) as one new Parquet file: the log grows by files, never by rewriting."""
+        if events:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            self._put_table(f"events/part-{stamp}-{uuid.uuid4().hex[:8]}.parquet",
+                            pa.Table.from_pylist(events, schema=EVENT_SCHEMA))
+
+    def read_events(self) -> pa.Table:
+        base = f"{self.root}/events"
+        with self.reading("events"):
+            if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
+                return EVENT_SCHEMA.empty_table()
+            return pads.dataset(base, filesystem=self.fs, format="parquet", schema=EVENT_SCHEMA).to_table()
+
+    # -- reading sequences (per-sequence files and compacted ones alike) ----------------------
+    def sequence_files(self, kind: str) -> Dict[Key, pafs.FileInfo]:
+        """Every per-sequence ``kind`` file, by (dataset, sequence), from one recursive listing (not a
+        request per sequence: a corpus run may hold millions on S3)."""
         base = f"{self.root}/{kind}"
-        if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
-            return pa.table({})
-        ds = pads.dataset(base, filesystem=self.fs, format="parquet", partitioning="hive",
-                          exclude_invalid_files=True)
-        return ds.to_table(columns=list(columns) if columns else None, filter=filter)
-
-    def read_metrics(self) -> List[Dict]:
-        rows = self._read_dataset("metrics").to_pylist()
-        return sorted(rows, key=lambda r: (str(r.get("dataset")), str(r.get("sequence"))))
-
-    def completed(self, config_hash: str) -> set:
-        """(dataset, sequence) pairs finished with this configuration whose masks are stored: what a
-        resumed run skips. Failed rows, other configurations and metrics without masks are redone."""
-        rows = self._read_dataset("metrics", columns=["dataset", "sequence", "status", "config_hash"]).to_pylist()
-        done = {(r["dataset"], r["sequence"]) for r in rows if r["status"] == "ok" and r["config_hash"] == config_hash}
-        return done & self._stored("masks")
-
-    def _stored(self, kind: str) -> set:
-        """(dataset, sequence) of every ``kind`` file, from one recursive listing (not a request per
-        sequence: a resumed corpus run may hold millions on S3)."""
-        base = f"{self.root}/{kind}"
-        try:
+        with self.reading(kind):
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        except (OSError, pa.ArrowException):
-            return set()
-        keys = set()
+        files = {}
         for info in infos:
             parts = info.path[len(base) + 1:].split("/")
             if len(parts) == 3 and parts[2] == "part-0.parquet" and parts[0].startswith("dataset=") \
                     and parts[1].startswith("sequence="):
-                keys.add((parts[0][len("dataset="):], parts[1][len("sequence="):]))
-        return keys
+                files[(parts[0][len("dataset="):], parts[1][len("sequence="):])] = info
+        return files
+
+    def compaction_state(self) -> Optional[dict]:
+        """What ``compacted/CURRENT`` names (generation, files per table), or None before any compaction."""
+        from .compact import CURRENT
+
+        with self.reading(CURRENT):
+            try:
+                with self.fs.open_input_stream(f"{self.root}/{CURRENT}") as f:
+                    return json.loads(f.read())
+            except FileNotFoundError:
+                return None
+
+    def _read(self, kind: str, columns: Optional[Iterable[str]] = None, filter=None) -> pa.Table:
+        """One table of ``kind`` over both layouts; a sequence's own files override its compacted rows."""
+        columns = list(columns) if columns else None
+        files = self.sequence_files(kind)
+        tables = []
+        with self.reading(kind):
+            if files:  # discovered from the folder's listing (sizes included), hidden temporary files ignored
+                schema = pa.schema((MASK_FIELDS if kind == "masks" else METRIC_FIELDS) + KEY_FIELDS)
+                ds = pads.dataset(f"{self.root}/{kind}", filesystem=self.fs, format="parquet", schema=schema,
+                                  partitioning=pads.partitioning(pa.schema(KEY_FIELDS), flavor="hive"))
+                tables.append(ds.to_table(columns=columns, filter=filter))
+            state = self.compaction_state()
+            if state and state.get(kind):
+                ds = pads.dataset([f"{self.root}/{f}" for f in state[kind]], filesystem=self.fs, format="parquet",
+                                  schema=COMPACT_SCHEMAS[kind])
+                compacted = ds.to_table(columns=sorted(set(columns) | {"dataset", "sequence"}) if columns else None,
+                                        filter=filter)
+                if files and compacted.num_rows:
+                    overridden = pa.array([f"{d}\x00{s}" for d, s in files])
+                    compacted = compacted.filter(pc.invert(pc.is_in(_keys_column(compacted), overridden)))
+                if columns:
+                    compacted = compacted.select(columns)
+                tables.append(compacted)
+        tables = [t for t in tables if t.num_rows or not tables]
+        if not tables:
+            return pa.table({})
+        if len(tables) == 1:
+            return tables[0]
+        names = tables[0].column_names
+        return pa.concat_tables([t.select(names).cast(tables[0].schema) if t.schema != tables[0].schema else t.select(names)
+                                 for t in tables])
+
+    def read_metrics_table(self, columns: Optional[Iterable[str]] = None) -> pa.Table:
+        """The metrics as one table (all columns of the current schema unless ``columns``), sorted by sequence."""
+        schema = _metric_schema(columns)
+        table = self._read("metrics", columns)
+        table = conform(table, schema) if table.num_rows else schema.empty_table()
+        if {"dataset", "sequence"} <= set(schema.names) and table.num_rows:
+            table = table.sort_by([("dataset", "ascending"), ("sequence", "ascending")])
+        return table
+
+    def read_metrics(self, columns: Optional[Iterable[str]] = None) -> List[Dict]:
+        return self.read_metrics_table(columns).to_pylist()
+
+    def completed(self, config_hash: str) -> set:
+        """(dataset, sequence) pairs finished with this configuration whose masks are stored: what a
+        resumed run skips. Failed rows, other configurations and metrics without masks are redone."""
+        rows = self.read_metrics(columns=["dataset", "sequence", "status", "config_hash"])
+        done = {(r["dataset"], r["sequence"]) for r in rows if r["status"] == "ok" and r["config_hash"] == config_hash}
+        state = self.compaction_state()
+        compacted_ok = set()
+        if state and state.get("metrics"):  # compaction only folds in ok sequences whose masks it folds in too
+            per_sequence = set(self.sequence_files("metrics"))
+            compacted_ok = {k for k in done if k not in per_sequence}
+        return done & (set(self.sequence_files("masks")) | compacted_ok)
 
     def read_masks(self, dataset: Optional[str] = None, sequence: Optional[str] = None) -> pa.Table:
         flt = None
@@ -207,5 +322,26 @@ class RunStore:
         if sequence is not None:
             f2 = pads.field("sequence") == sequence
             flt = f2 if flt is None else flt & f2
-        table = self._read_dataset("masks", filter=flt)
+        table = self._read("masks", filter=flt)
         return table.sort_by([("dataset", "ascending"), ("sequence", "ascending"), ("frame", "ascending")]) if table.num_rows else table
+
+    def mask_keys(self) -> List[Key]:
+        """Every (dataset, sequence) with masks, sorted: read them one sequence at a time (a corpus's
+        masks do not fit in memory)."""
+        return sorted(set(self.sequence_files("masks")) | self._compacted_keys("masks"))
+
+    def _compacted_keys(self, kind: str) -> set:
+        state = self.compaction_state()
+        if not state or not state.get(kind):
+            return set()
+        with self.reading(kind):
+            ds = pads.dataset([f"{self.root}/{f}" for f in state[kind]], filesystem=self.fs, format="parquet",
+                              schema=COMPACT_SCHEMAS[kind])
+            t = ds.to_table(columns=["dataset", "sequence"])
+        return set(zip(t.column("dataset").to_pylist(), t.column("sequence").to_pylist()))
+
+    def compact(self, **kwargs):
+        """Fold finished sequences into a few large files (:func:`vosbatch.io.compact.compact`)."""
+        from .compact import compact
+
+        return compact(self, **kwargs)

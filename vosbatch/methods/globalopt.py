@@ -34,6 +34,7 @@ from ..ops.grid import area_to_grid
 from ..ops.motion import frame_motion, motion_saliency, per_frame_motion
 from ..ops.spectral import affinity, bipartition_soft, second_eigenvector
 from ..ops.warp import backward_warp
+from ..progress import report, span
 from .base import MethodInput, MethodOutput, register_method
 
 
@@ -152,6 +153,7 @@ def initial_masks(inp: MethodInput, cfg: GlobalOptConfig) -> Tuple[np.ndarray, d
         res = second_eigenvector(a, start=start, tol=sc.pic_tol, max_iter=sc.pic_max_iter, seed=cfg.seed)
         soft[sl] = bipartition_soft(res.vectors, sal, border, sc.sharpness).reshape(-1, h, w).numpy()
         iters += res.iterations.tolist()
+        report("method", sl.stop / t_len)
     return soft, {"pic_iterations_mean": float(np.mean(iters)), "pic_iterations_max": float(np.max(iters))}
 
 
@@ -217,6 +219,7 @@ def optimise(init: np.ndarray, flow_fwd: np.ndarray, flow_bwd: np.ndarray, relia
         loss = eq1_loss(z, init_t, ff, fb, w_next, w_prev, lam, warp_weight)
         loss.backward()
         evals.append(float(loss.detach()))
+        report("method", len(evals) / (1.25 * max_iter))  # L-BFGS evaluates at most 1.25 x max_iter times
         return loss
 
     opt.step(closure)
@@ -243,7 +246,8 @@ def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     H, W = inp.frames.shape[1:3]
     oc = cfg.optimisation
     t0 = time.perf_counter()
-    init, info = initial_masks(inp, cfg)
+    with span(0.0, 0.4):
+        init, info = initial_masks(inp, cfg)
     info["seconds_init"] = time.perf_counter() - t0
     hw = (max(2, H // oc.stride), max(2, W // oc.stride))
     init_o = _upsample(init, hw)
@@ -254,9 +258,11 @@ def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     reliability = photometric_reliability(inp.frames, inp.flow)
     start = None
     if oc.coarse_to_fine and init.shape[1:] != hw:
-        _, coarse = _optimise_on(init, inp, reliability, init.shape[1:], oc)
+        with span(0.4, 0.5):
+            _, coarse = _optimise_on(init, inp, reliability, init.shape[1:], oc)
         start = _upsample(coarse["logits"], hw)
-    soft, oinfo = _optimise_on(init_o, inp, reliability, hw, oc, start)
+    with span(0.5, 1.0):
+        soft, oinfo = _optimise_on(init_o, inp, reliability, hw, oc, start)
     oinfo.pop("logits")
     info.update(oinfo)
     info["seconds_optimise"] = time.perf_counter() - t0

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..progress import report
 from .grid import area_to_grid
 
 
@@ -151,6 +152,8 @@ def train_and_predict(
         opt.step()
         sched.step()
         losses.append(loss.detach())  # kept on the device: no host sync per step
+        if len(losses) % 20 == 0:
+            report("method", len(losses) / cfg.steps)
     net.eval()
     preds = []
     with torch.no_grad():

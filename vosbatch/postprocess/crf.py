@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from ..errors import VosbatchError
+from ..progress import report
 from .refine import REFERENCE_DIAGONAL  # the widths below are in pixels of that frame
 
 
@@ -110,4 +111,5 @@ def crf_refine(frames: np.ndarray, prob: np.ndarray, params: CRFParams | None = 
                                  rgbim=np.ascontiguousarray(img, np.uint8), compat=p.appearance_weight)
         q = np.asarray(crf.inference(p.iterations), np.float32).reshape(2, ih, iw)[1]
         out[t] = q if (ih, iw) == (h, w) else cv2.resize(q, (w, h), interpolation=cv2.INTER_LINEAR)
+        report("binarize", (t + 1) / t_len)
     return out

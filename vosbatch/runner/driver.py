@@ -14,15 +14,17 @@ that still fails gets a ``failed`` metrics row written by the driver.
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..config import RunConfig
 from ..data.sequence import Sequence
+from ..io.fs import s3_environment
 from .worker import failed_row
 
 # Environment every actor process needs, wherever it runs (see cli.py for why OMP threads sleep).
@@ -40,7 +42,8 @@ class _Actor:
     """Holds the models for the lifetime of the actor; one sequence per call."""
 
     def __init__(self, cfg: dict, run_uri: Optional[str], threads: int, flow_cache: Optional[str] = None,
-                 store_options: Optional[dict] = None) -> None:
+                 board=None) -> None:
+        import ray
         import torch
 
         from ..io.store import RunStore
@@ -49,16 +52,21 @@ class _Actor:
         torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS; torch needs telling too
         os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
         self.segmenter = VideoSegmenter(RunConfig(**cfg), flow_cache=flow_cache)
-        self.store = RunStore(run_uri, **(store_options or {})) if run_uri else None
+        self.store = RunStore(run_uri) if run_uri else None
+        self.board = board  # a ProgressBoard actor, or None
+        self.node = ray.get_runtime_context().get_node_id()
 
     def pid(self) -> int:
         return os.getpid()
 
-    def process(self, seq: Sequence) -> Dict:
+    def process(self, seq: Sequence, retries: int = 0) -> Dict:
+        from .progress import SequenceProgress
         from .worker import process_sequence
 
+        key = f"{seq.dataset}/{seq.name}"
+        progress = SequenceProgress(lambda done: self.board.update.remote(key, done)) if self.board else None
         started = time.time()
-        row = process_sequence(self.segmenter, seq, self.store)
+        row = process_sequence(self.segmenter, seq, self.store, progress, extra={"retries": retries, "node": self.node})
         # wall-clock stamps (this host's clock) let the driver measure the gaps between sequences
         return dict(row, _started=started, _finished=time.time())
 
@@ -78,8 +86,9 @@ def _job_runtime_env() -> dict:
 
 def default_runtime_env(address: Optional[str]) -> Optional[dict]:
     """What workers of an existing cluster need: this package's code (so every node runs the driver's
-    version, whether or not its image has vosbatch installed) and the worker environment. Its
-    third-party dependencies come from the cluster image (cluster/README.md).
+    version, whether or not its image has vosbatch installed) and the worker environment, with the S3
+    endpoint this process was given (``--s3-endpoint-url``). Its third-party dependencies come from the
+    cluster image (cluster/README.md).
 
     Inside a Ray job, Ray refuses to merge a driver's runtime env that sets a field or variable the
     job's already sets, so whatever the job provides (its ``working_dir``/``py_modules``, its
@@ -90,7 +99,7 @@ def default_runtime_env(address: Optional[str]) -> Optional[dict]:
     env: dict = {}
     if not ({"py_modules", "working_dir"} & set(job)):
         env["py_modules"] = [str(Path(__file__).resolve().parents[1])]
-    env_vars = {k: v for k, v in WORKER_ENV.items() if k not in (job.get("env_vars") or {})}
+    env_vars = {k: v for k, v in {**WORKER_ENV, **s3_environment()}.items() if k not in (job.get("env_vars") or {})}
     if env_vars:
         env["env_vars"] = env_vars
     return env or None
@@ -102,13 +111,31 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=True)
         if address:
+            # Token auth (cluster/README.md): Ray sends the cluster's token only when RAY_AUTH_MODE=token is set
+            # here (for address "auto", also when it finds a token); else it fails with InvalidAuthToken.
             ray.init(address=address, runtime_env=runtime_env or default_runtime_env(address), **kwargs)
         else:
-            # A local cluster needs only loopback: pinning the node address stops Ray from probing a
-            # public DNS server to discover an external interface it has no use for.
+            # A local cluster needs only loopback. Ray finds a node's address by a UDP connect() towards
+            # 8.8.8.8:53 (no packet is sent; with no route, as in loopback-ns, it logs "Failed to determine local
+            # IP via external connectivity"), and ray.init replaces _node_ip_address="127.0.0.1" by that answer
+            # (services.resolve_ip_for_localhost). RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes it answer 127.0.0.1
+            # without probing: read at import (hence the attribute, for this process) and, from the environment,
+            # by the agents that ray.init starts. Only while ray.init runs: it also stops `ray start --address`.
+            from ray._private import ray_constants
+
             os.environ.update({k: v for k, v in WORKER_ENV.items() if k not in os.environ})
-            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, _node_ip_address="127.0.0.1",
-                     runtime_env=runtime_env, **kwargs)
+            var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+            saved = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
+            os.environ[var], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+            try:
+                ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, _node_ip_address="127.0.0.1",
+                         runtime_env=runtime_env, **kwargs)
+            finally:
+                ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+                if saved[0] is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = saved[0]
     return ray
 
 
@@ -120,12 +147,12 @@ class RunStats:
     actors: int = 0
     busy_s: float = 0.0  # sum over sequences of their in-actor seconds
     retries: int = 0
-    sequences: int = 0
+    sequences: int = 0  # sequences that ended (ok or failed) in this session
     startup_s: float = 0.0  # from creating the actors to the first sequence starting (model loading)
     first_started: float = 0.0  # wall clock: the first sequence starts ...
     last_finished: float = 0.0  # ... and the last one ends (their difference: the processing span)
-    gaps_s: List[float] = field(default_factory=list)  # per actor: previous sequence's end -> next one's start
-    events: List[str] = field(default_factory=list)
+    gap_s_total: float = 0.0  # per actor: previous sequence's end -> next one's start, summed ...
+    gaps: int = 0  # ... over this many gaps (running sums: the driver keeps nothing per sequence)
 
     @property
     def processing_s(self) -> float:
@@ -138,7 +165,7 @@ class RunStats:
         """The driver's cost per sequence once actors are up: the time an actor waits between
         finishing one sequence and starting the next (result transfer, the driver's bookkeeping,
         scheduling the next task). Actor start-up is a one-off cost, reported as ``startup_s``."""
-        return sum(self.gaps_s) / len(self.gaps_s) if self.gaps_s else 0.0
+        return self.gap_s_total / self.gaps if self.gaps else 0.0
 
 
 def _record_failure(store, seq: Sequence, row: Dict) -> None:
@@ -155,7 +182,7 @@ def _record_failure(store, seq: Sequence, row: Dict) -> None:
 
 
 def run_sequences(
-    sequences: List[Sequence],
+    sequences: Iterable[Sequence],
     cfg: RunConfig,
     run_uri: Optional[str],
     workers: int = 1,
@@ -165,19 +192,27 @@ def run_sequences(
     flow_cache: Optional[str] = None,
     cpus_per_worker: Optional[int] = None,
     retries: int = 2,
-    store_options: Optional[dict] = None,
     runtime_env: Optional[dict] = None,
     on_retry: Optional[Callable[[Sequence, str], None]] = None,
+    on_progress: Optional[Callable[[Dict[str, float]], None]] = None,
     stats: Optional[RunStats] = None,
-) -> List[Dict]:
-    """Process all sequences on ``workers`` CPU actors (or ``gpus`` GPU actors); returns their rows.
+    previous_retries: Optional[Dict[Tuple[str, str], int]] = None,
+) -> RunStats:
+    """Process ``sequences`` on ``workers`` CPU actors (or ``gpus`` GPU actors), handing each result row to
+    ``on_result`` as it lands; returns what the driver saw.
 
-    ``cpus_per_worker`` fixes each CPU actor's threads (default: the cluster's CPUs shared out).
+    The sequences are pulled as actors free up (a list longest first, as given), so the driver holds only
+    those in flight. ``cpus_per_worker`` fixes each CPU actor's threads (default: the cluster's CPUs shared
+    out). ``on_progress`` gets the frames done of the sequences in flight about once a second.
+    ``previous_retries``: retries of a resumed run's sequences, which this run's count adds to.
     """
     stats = stats if stats is not None else RunStats()
+    previous_retries = previous_retries or {}
     ray = start_ray(address, num_gpus=gpus or None, runtime_env=runtime_env)
     t_start = time.perf_counter()  # Ray's own start-up is a fixed cost, not a per-sequence one
-    from ray.exceptions import RayActorError, WorkerCrashedError
+    from ray.exceptions import GetTimeoutError, RayActorError, WorkerCrashedError
+
+    from .progress import ProgressBoard
 
     died = (RayActorError, WorkerCrashedError) + tuple(
         getattr(ray.exceptions, n) for n in ("OutOfMemoryError", "NodeDiedError") if hasattr(ray.exceptions, n))
@@ -186,66 +221,103 @@ def run_sequences(
     threads = cpus_per_worker or max(1, total_cpus // n_actors)
     actor_cls = ray.remote(_Actor).options(num_cpus=threads if not gpus else (cpus_per_worker or 1),
                                            num_gpus=1 if gpus else 0, max_restarts=0)
-    args = (cfg.to_dict(), run_uri, threads, flow_cache, store_options)
+    board = ray.remote(ProgressBoard).options(num_cpus=0).remote() if on_progress else None
+    args = (cfg.to_dict(), run_uri, threads, flow_cache, board)
     store = None
     if run_uri:
         from ..io.store import RunStore
 
-        store = RunStore(run_uri, **(store_options or {}))
-    queue = deque(sorted(sequences, key=lambda s: -s.num_frames))  # longest first: no long tail at the end
-    t_created = time.time()
-    actors = [actor_cls.remote(*args) for _ in range(min(n_actors, max(1, len(queue))))]
-    stats.actors, stats.sequences = len(actors), len(queue)
-    attempts: Dict[str, int] = {}
+        store = RunStore(run_uri)
+    pending = iter(sequences)
+    retry_queue: deque = deque()  # sequences whose worker died, before anything new
+    attempts: Dict[Tuple[str, str], int] = {}  # only sequences that were retried in this session
+    events: List[Dict] = []  # retry events not yet written to the run's event log
     last_finished: Dict = {}  # actor -> wall-clock end of its previous sequence
     in_flight: Dict = {}
-    rows: List[Dict] = []
+
+    def next_sequence() -> Optional[Sequence]:
+        return retry_queue.popleft() if retry_queue else next(pending, None)
 
     def submit(actor) -> None:
-        if queue:
-            seq = queue.popleft()
-            in_flight[actor.process.remote(seq)] = (actor, seq)
+        seq = next_sequence()
+        if seq is not None:
+            key = (seq.dataset, seq.name)
+            in_flight[actor.process.remote(seq, previous_retries.get(key, 0) + attempts.get(key, 0))] = (actor, seq)
 
+    def flush_events() -> None:
+        if store is not None and events:
+            store.write_events(events)
+        events.clear()
+
+    t_created = time.time()
+    first = next_sequence()
+    actors = []
+    if first is not None:
+        retry_queue.append(first)  # not lost: submitted first
+        if hasattr(sequences, "__len__"):  # no more actors (and model loads) than sequences
+            n_actors = min(n_actors, len(sequences))
+        actors = [actor_cls.remote(*args) for _ in range(n_actors)]
+    stats.actors = len(actors)
     for a in actors:
         submit(a)
-    while in_flight:
-        done, _ = ray.wait(list(in_flight), num_returns=1)
-        ref = done[0]
-        actor, seq = in_flight.pop(ref)
-        try:
-            row = ray.get(ref)
-        except died as e:  # the process holding the sequence is gone: replace it, retry the sequence
-            key = f"{seq.dataset}/{seq.name}"
-            attempts[key] = attempts.get(key, 0) + 1
-            reason = f"worker died on {seq.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            ray.kill(actor, no_restart=True)
-            actor = actor_cls.remote(*args)
-            if attempts[key] <= retries:
-                stats.retries += 1
-                stats.events.append(f"retry {attempts[key]}/{retries} {key}: {reason}")
-                if on_retry:
-                    on_retry(seq, reason)
-                queue.appendleft(seq)
-                submit(actor)
+    last_poll = 0.0
+    try:
+        while in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            if board is not None and time.monotonic() - last_poll >= 1.0:
+                last_poll = time.monotonic()
+                try:
+                    on_progress(ray.get(board.snapshot.remote(), timeout=5))
+                except GetTimeoutError:
+                    pass
+            if not done:
                 continue
-            row = failed_row(seq, cfg, f"{reason} (gave up after {retries} retries)")
-            _record_failure(store, seq, row)
-        except Exception as e:  # the task raised outside the worker's own handlers
-            row = failed_row(seq, cfg, f"worker error on {seq.name}: {type(e).__name__}: {e}")
-            _record_failure(store, seq, row)
-        stats.busy_s += float(row.get("seconds") or 0.0)
-        if "_started" in row:
-            if actor in last_finished:
-                stats.gaps_s.append(row["_started"] - last_finished[actor])
-            elif not stats.startup_s:
-                stats.startup_s = row["_started"] - t_created
-            stats.first_started = min(stats.first_started or row["_started"], row["_started"])
-            stats.last_finished = max(stats.last_finished, row["_finished"])
-            last_finished[actor] = row.pop("_finished")
-            row.pop("_started")
-        rows.append(row)
-        if on_result:
-            on_result(row)
-        submit(actor)
-    stats.wall_s = time.perf_counter() - t_start
-    return rows
+            ref = done[0]
+            actor, seq = in_flight.pop(ref)
+            key = (seq.dataset, seq.name)
+            try:
+                row = ray.get(ref)
+            except died as e:  # the process holding the sequence is gone: replace it, retry the sequence
+                attempts[key] = attempts.get(key, 0) + 1
+                reason = f"worker died on {seq.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                ray.kill(actor, no_restart=True)
+                actor = actor_cls.remote(*args)
+                total = previous_retries.get(key, 0) + attempts[key]
+                events.append({"dataset": seq.dataset, "sequence": seq.name, "event": "retry", "attempt": total,
+                               "reason": reason, "time": dt.datetime.now(dt.timezone.utc)})
+                if len(events) >= 100:
+                    flush_events()
+                if attempts[key] <= retries:
+                    stats.retries += 1
+                    if on_retry:
+                        on_retry(seq, reason)
+                    retry_queue.appendleft(seq)
+                    submit(actor)
+                    continue
+                row = dict(failed_row(seq, cfg, f"{reason} (gave up after {retries} retries)"), retries=total)
+                _record_failure(store, seq, row)
+            except Exception as e:  # the task raised outside the worker's own handlers
+                row = failed_row(seq, cfg, f"worker error on {seq.name}: {type(e).__name__}: {e}")
+                _record_failure(store, seq, row)
+            attempts.pop(key, None)
+            if board is not None:
+                board.finish.remote(f"{seq.dataset}/{seq.name}")
+            stats.sequences += 1
+            stats.busy_s += float(row.get("seconds") or 0.0)
+            if "_started" in row:
+                if actor in last_finished:
+                    stats.gap_s_total += row["_started"] - last_finished[actor]
+                    stats.gaps += 1
+                elif not stats.startup_s:
+                    stats.startup_s = row["_started"] - t_created
+                stats.first_started = min(stats.first_started or row["_started"], row["_started"])
+                stats.last_finished = max(stats.last_finished, row["_finished"])
+                last_finished[actor] = row.pop("_finished")
+                row.pop("_started")
+            if on_result:
+                on_result(row)
+            submit(actor)
+    finally:
+        flush_events()
+        stats.wall_s = time.perf_counter() - t_start
+    return stats

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ...flow.base import resize_flow
 from ...ops.warp import sampling_grid
+from ...progress import report
 
 _BILINEAR, _ZEROS = 0, 0  # grid_sampler enum values: interpolation mode, padding mode
 
@@ -218,6 +219,7 @@ def leading_eigenvector(
         y = y / y.norm().clamp_min(1e-12)
         change = float((y - x).norm())
         x = y
+        report("method", it / max_iter)
         if change < tol:
             break
     return PowerResult(x, it, change)

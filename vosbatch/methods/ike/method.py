@@ -29,6 +29,7 @@ from ...ops.grid import area_to_grid
 from ...ops.motion import frame_motion, independent_motion, motion_saliency, per_frame_motion
 from ...ops.segnet import NetConfig, frame_inputs, train_and_predict
 from ...postprocess.binarize import centre_at_cut, kmeans_threshold
+from ...progress import span
 from ..base import MethodInput, MethodOutput, register_method
 from .graph import ChainWarper, FeatureProjection, along_chain, feature_weights, grid_flow, leading_eigenvector
 
@@ -176,11 +177,13 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
     net_inputs = frame_inputs(inp.frames, hw, motion)
     info["seconds_graph_setup"] = time.perf_counter() - t0
     soft = pred = None  # the previous cycle's graph output and net prediction
+    steps = 2 * cfg.cycles - 1  # graph1, net1, ..., graphN: the share of the method each one reports
     for cycle in range(1, cfg.cycles + 1):
         t0 = time.perf_counter()
         # later cycles start from the mean of the net's and the last graph's masks: fewer iterations
         start = None if cycle == 1 else 0.5 * (torch.from_numpy(soft) + torch.from_numpy(pred))[:, None]
-        soft, res = graph_cycle(warper, [(motion, motion_weights)] + prior + masks, saliency, cfg, cfg.seed + cycle, start)
+        with span((2 * cycle - 2) / steps, (2 * cycle - 1.5) / steps):  # a graph stage: about half a net's time
+            soft, res = graph_cycle(warper, [(motion, motion_weights)] + prior + masks, saliency, cfg, cfg.seed + cycle, start)
         cut = kmeans_threshold(soft, seed=cfg.seed)  # the graph's own object/background split
         stages[f"graph{cycle}"] = stage_probabilities(soft, cut, cfg)
         info[f"power_iterations_graph{cycle}"] = float(res.iterations)
@@ -190,8 +193,9 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
         t0 = time.perf_counter()
         # the net learns the stage as output (probabilities, cut at 0.5): soft Dice would teach a raw score's
         # weak object parts above the cut as background
-        pred, ninfo = train_and_predict(net_inputs, torch.from_numpy(stages[f"graph{cycle}"])[:, None], 0.5, cfg.net,
-                                        seed=cfg.seed + cycle)
+        with span((2 * cycle - 1.5) / steps, (2 * cycle) / steps):
+            pred, ninfo = train_and_predict(net_inputs, torch.from_numpy(stages[f"graph{cycle}"])[:, None], 0.5, cfg.net,
+                                            seed=cfg.seed + cycle)
         pred_cut = kmeans_threshold(pred, seed=cfg.seed)
         stages[f"net{cycle}"] = stage_probabilities(pred, pred_cut, cfg)
         info.update({f"net{cycle}_{k}": v for k, v in ninfo.items()})
