@@ -304,12 +304,16 @@ def eval_cmd(pred, gt, sequences, out) -> None:
 @click.argument("run")
 @click.option("--png", "png_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Destination: PNG/<sequence>/<frame>.png (0/255).")
+@click.option("--min-quality", type=click.FloatRange(0, 1),
+              help="Only sequences whose estimated J (the metrics' quality column) is at least this.")
+@click.option("--min-frame-quality", type=click.FloatRange(0, 1),
+              help="Only frames whose estimated J (the masks' quality column) is at least this.")
 @_s3_option
-def export(run, png_dir, s3_endpoint_url) -> None:
+def export(run, png_dir, min_quality, min_frame_quality, s3_endpoint_url) -> None:
     """Write the masks of RUN (local or s3://) as DAVIS-layout 0/255 PNGs, a sequence at a time."""
     from .evaluation import export_pngs
 
-    n = export_pngs(run, png_dir)
+    n = export_pngs(run, png_dir, min_quality, min_frame_quality)
     click.echo(f"wrote {n} masks under {png_dir}")
 
 

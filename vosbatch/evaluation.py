@@ -71,20 +71,36 @@ def write_rows(rows: List[Dict], out: Path) -> None:
     tmp.replace(out)
 
 
-def export_pngs(run_uri: str, png_dir: Path) -> int:
+def export_pngs(run_uri: str, png_dir: Path, min_quality: Optional[float] = None,
+                min_frame_quality: Optional[float] = None) -> int:
     """Write a run's masks as PNG/<sequence>/<frame_name>.png (PNG/<dataset>/<sequence>/ if several datasets),
-    one sequence at a time: a corpus's masks never need to fit in memory."""
+    one sequence at a time: a corpus's masks never need to fit in memory.
+
+    ``min_quality`` keeps the sequences whose estimated J (``quality``, vosbatch.quality) is at least that,
+    ``min_frame_quality`` the frames whose own estimate is. A missing estimate never passes: a run made
+    without one (before vosbatch 0.2.0, or without a calibrated model) is refused with the reason."""
     store = RunStore(str(run_uri))
     store.read_run_info()  # a run, or one line saying why not
     keys = store.mask_keys()
     if not keys:
         raise InputError(f"{run_uri}: no masks in this run")
+    if min_quality is not None or min_frame_quality is not None:
+        quality = {(r["dataset"], r["sequence"]): r["quality"]
+                   for r in store.read_metrics(columns=["dataset", "sequence", "quality"])}
+        if all(v is None for v in quality.values()):
+            raise InputError(f"{run_uri}: this run has no quality estimate (made before vosbatch 0.2.0, or without a "
+                             "calibrated model for its method), so --min-quality / --min-frame-quality cannot filter it")
+        if min_quality is not None:
+            keys = [k for k in keys if quality.get(k) is not None and quality[k] >= min_quality]
     several = len({d for d, _ in keys}) > 1
     n = 0
     for dataset, sequence in keys:
-        table = store.read_masks(dataset, sequence).select(["frame_name", "mask_png"])
+        table = store.read_masks(dataset, sequence).select(["frame_name", "mask_png", "quality"])
         base = Path(png_dir) / (dataset if several else "") / sequence
-        for name, png in zip(table.column("frame_name").to_pylist(), table.column("mask_png").to_pylist()):
+        for name, png, q in zip(table.column("frame_name").to_pylist(), table.column("mask_png").to_pylist(),
+                                table.column("quality").to_pylist()):
+            if min_frame_quality is not None and (q is None or q < min_frame_quality):
+                continue
             write_davis_png(decode_mask(png), base / f"{name}.png")
             n += 1
     return n

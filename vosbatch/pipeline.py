@@ -22,6 +22,7 @@ from .flow.cache import cached_flow
 from .methods import MethodInput, MethodOutput, get_method
 from .postprocess.binarize import binarize
 from .progress import report, span
+from .quality import frame_signals
 
 
 @dataclass
@@ -31,6 +32,7 @@ class SegmentationResult:
     stage_masks: Dict[str, np.ndarray] = field(default_factory=dict)  # e.g. "init": (T,H,W) bool
     seconds: Dict[str, float] = field(default_factory=dict)  # per stage
     info: Dict[str, float] = field(default_factory=dict)
+    signals: Dict[str, np.ndarray] = field(default_factory=dict)  # quality signals per frame (vosbatch.quality)
 
 
 def binarize_as_configured(cfg: RunConfig, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
@@ -84,7 +86,7 @@ class VideoSegmenter:
 
     def segment(self, frames: np.ndarray, keep_stages: bool = True, prior: Optional[np.ndarray] = None) -> SegmentationResult:
         """``prior``: optional (T,H,W) masks in [0,1] from another method, for methods that refine."""
-        out, seconds = self.method_output(frames, prior)
+        out, seconds, flow = self._method_output(frames, prior)
         t0 = time.perf_counter()
         todo = [(None, out.soft)] + (list(out.stages.items()) if keep_stages else [])
         binarized = {}
@@ -95,11 +97,18 @@ class VideoSegmenter:
         masks = binarized.pop(None)
         stages = binarized
         seconds["binarize"] = time.perf_counter() - t0
-        return SegmentationResult(masks, out.soft, stages, seconds, dict(out.info))
+        t0 = time.perf_counter()
+        signals = frame_signals(out.soft, out.stages, flow, masks)
+        seconds["quality"] = time.perf_counter() - t0
+        return SegmentationResult(masks, out.soft, stages, seconds, dict(out.info), signals)
 
     def method_output(self, frames: np.ndarray, prior: Optional[np.ndarray] = None) -> Tuple[MethodOutput, Dict[str, float]]:
-        """The method's soft masks on its grid, before binarisation, and the seconds of each step
-        (shared by :meth:`segment` and the ablation, which binarises one output several ways)."""
+        """The method's soft masks on its grid, before binarisation, and the seconds of each step."""
+        out, seconds, _ = self._method_output(frames, prior)
+        return out, seconds
+
+    def _method_output(self, frames: np.ndarray, prior: Optional[np.ndarray] = None):
+        """:meth:`method_output` and the flow on the working grid (what the quality signals need)."""
         timer = Timer()
         t_len, H, W = frames.shape[:3]
         h, w = working_size(H, W, self.cfg.work_height)
@@ -120,7 +129,7 @@ class VideoSegmenter:
         if method_stages:
             timer.seconds.pop("method")
             timer.seconds.update(method_stages)
-        return out, dict(timer.seconds)
+        return out, dict(timer.seconds), flow
 
     def _flow(self, frames: np.ndarray, small: np.ndarray) -> BidirectionalFlow:
         """Flow on the working grid, estimated at ``flow_height`` (0: the working height) and resized.

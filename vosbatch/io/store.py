@@ -52,6 +52,8 @@ MASK_FIELDS = [
     ("width", pa.int32()),
     ("mask_png", pa.binary()),
     ("foreground_fraction", pa.float32()),
+    ("quality", pa.float32()),  # the frame's predicted J (vosbatch.quality); null without a calibrated model
+    ("quality_signals", pa.string()),  # JSON: the signals it was predicted from
 ]
 MASK_SCHEMA = pa.schema(MASK_FIELDS)
 
@@ -79,6 +81,8 @@ METRIC_FIELDS = [
     ("warning", pa.string()),  # something the row's numbers should be read with (e.g. ground truth with holes)
     ("retries", pa.int32()),  # times a dead worker made this sequence start again, over all resumes
     ("node", pa.string()),  # the Ray node that segmented it
+    ("quality", pa.float64()),  # the sequence's predicted J (vosbatch.quality); null without a calibrated model
+    ("quality_signals", pa.string()),  # JSON: the sequence's signals
 ]
 METRIC_SCHEMA = pa.schema(METRIC_FIELDS)
 EVENT_SCHEMA = pa.schema([*KEY_FIELDS, ("event", pa.string()), ("attempt", pa.int32()), ("reason", pa.string()),
@@ -197,10 +201,11 @@ class RunStore:
                              masks.reshape(t, -1).mean(1))
 
     def write_mask_pngs(self, dataset: str, sequence: str, frame_names: List[str], pngs: List[bytes], height: int,
-                        width: int, foreground_fraction) -> None:
+                        width: int, foreground_fraction, quality=None, quality_signals=None) -> None:
         """Masks already PNG-encoded (long videos keep only these, a few KB per frame)."""
         rel = self.partition("masks", dataset, sequence)
         t = len(pngs)
+        quality = pa.array(np.asarray(quality, np.float32)) if quality is not None else pa.nulls(t, pa.float32())
         table = pa.table(
             {
                 "frame": pa.array(np.arange(t, dtype=np.int32)),
@@ -209,6 +214,8 @@ class RunStore:
                 "width": pa.array(np.full(t, width, np.int32)),
                 "mask_png": pa.array(pngs, pa.binary()),
                 "foreground_fraction": pa.array(np.asarray(foreground_fraction, np.float32)),
+                "quality": quality,
+                "quality_signals": pa.array(quality_signals if quality_signals is not None else [None] * t, pa.string()),
             },
             schema=MASK_SCHEMA,
         )

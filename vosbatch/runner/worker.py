@@ -79,7 +79,7 @@ def segment_sequence(segmenter: VideoSegmenter, seq: Sequence, seconds: Dict[str
     scored = set(scored_frames(n, getattr(seq, "exclude_first_last", True)))
     # what carries over between windows: kept masks, scores, the previous window's masks on shared frames
     state = {"pngs": [], "fg": [], "scores": defaultdict(_StageScores), "overlap_ious": [], "carried": None,
-             "size": None, "gt_frames": 0}
+             "size": None, "gt_frames": 0, "signals": defaultdict(list)}
     for wi, win in enumerate(windows):
         if progress is not None:
             progress.start_window(win.keep_stop - win.keep_start)
@@ -87,7 +87,8 @@ def segment_sequence(segmenter: VideoSegmenter, seq: Sequence, seconds: Dict[str
             _segment_window(segmenter, seq, windows, wi, win, names, scored, seconds, state)
     return {"pngs": state["pngs"], "size": state["size"], "fg": state["fg"],
             "scores": {k: v.result() for k, v in state["scores"].items()}, "windows": len(windows),
-            "overlap_ious": state["overlap_ious"], "gt_frames": state["gt_frames"]}
+            "overlap_ious": state["overlap_ious"], "gt_frames": state["gt_frames"],
+            "signals": {k: np.concatenate(v) for k, v in state["signals"].items()}}
 
 
 def _segment_window(segmenter: VideoSegmenter, seq: Sequence, windows, wi: int, win, names: List[str], scored: set,
@@ -120,6 +121,8 @@ def _segment_window(segmenter: VideoSegmenter, seq: Sequence, windows, wi: int, 
     kept = result.masks[keep]
     state["pngs"] += [encode_mask(m) for m in kept]
     state["fg"] += kept.reshape(len(kept), -1).mean(1).tolist()
+    for name, values in result.signals.items():
+        state["signals"][name].append(values[keep])
     if wi + 1 < len(windows):
         state["carried"] = result.masks[windows[wi + 1].start - win.start:].copy()
     if gt is not None:
@@ -129,6 +132,27 @@ def _segment_window(segmenter: VideoSegmenter, seq: Sequence, windows, wi: int, 
         for stage, masks in [("final", result.masks), *result.stage_masks.items()]:
             state["scores"][stage].add(ids, [masks[t - win.start] for t in ids], gts)
     seconds["eval"] = seconds.get("eval", 0.0) + time.perf_counter() - t0
+
+
+def estimate_quality(method: str, signals: Dict[str, np.ndarray], row: Dict):
+    """The calibrated estimate (vosbatch.quality) of each frame and of the sequence, into ``row``; returns the
+    frames' estimates (None without a model) and their signals as JSON (kept for refitting)."""
+    from ..quality import load_model, sequence_signals
+
+    if not signals:
+        return None, None
+    seq_signals = sequence_signals(signals)
+    if row.get("window_overlap_iou") is not None:
+        seq_signals["window_overlap_iou"] = row["window_overlap_iou"]
+    row["quality_signals"] = json.dumps({k: round(v, 5) for k, v in seq_signals.items()})
+    model = load_model(method)
+    frames = None
+    if model is not None:
+        frames = model.frame.predict(signals).astype(np.float32)
+        row["quality"] = float(model.sequence.predict({k: np.asarray(v) for k, v in seq_signals.items()}))
+    names = list(signals)
+    per_frame = [json.dumps({k: round(float(signals[k][t]), 5) for k in names}) for t in range(len(signals[names[0]]))]
+    return frames, per_frame
 
 
 def process_sequence(segmenter: VideoSegmenter, seq: Sequence, store: Optional[RunStore],
@@ -162,10 +186,12 @@ def process_sequence(segmenter: VideoSegmenter, seq: Sequence, store: Optional[R
                 row["stage_scores"] = json.dumps(stage_scores)
         if out["overlap_ious"]:
             row["window_overlap_iou"] = float(np.mean(out["overlap_ious"]))
+        frame_quality, frame_signals_json = estimate_quality(cfg.method, out["signals"], row)
         if store is not None:
             t_w = time.perf_counter()
             h, w = out["size"]
-            store.write_mask_pngs(seq.dataset, seq.name, seq.frame_names, out["pngs"], h, w, out["fg"])
+            store.write_mask_pngs(seq.dataset, seq.name, seq.frame_names, out["pngs"], h, w, out["fg"],
+                                  quality=frame_quality, quality_signals=frame_signals_json)
             seconds["write"] = time.perf_counter() - t_w
         row["seconds"] = time.perf_counter() - t0
         row["seconds_by_stage"] = json.dumps({k: round(v, 4) for k, v in seconds.items()})

@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Fit and check the quality estimate (vosbatch.quality) of one method on runs with ground truth.
+
+Reads a finished DAVIS run of the method (its masks' and metrics' quality signals, its J), computes each
+frame's J against the ground truth, fits the frame and the sequence models (a logistic function of a few
+signals, least squares on J) and reports, leave-one-sequence-out (every sequence predicted by models
+fitted on the others):
+
+* per-sequence Spearman ρ between predicted and true J, and the mean absolute error;
+* per-frame Spearman ρ;
+* the same for a baseline: the method's stage agreement alone;
+* what keeping the sequences with quality >= 0.6 keeps, against the unfiltered mean J.
+
+With ``--write`` it saves the models fitted on every sequence (what the package ships). With
+``--other RUN`` (the other method's run on the same sequences) it also reports the J of choosing, per
+sequence, the output with the higher estimate, against each method alone and the oracle.
+
+    python jobs/fit_quality.py --run runs/benchmarks/GO --data-root ../shared/data/DAVIS2016 \\
+        --write vosbatch/quality_models/globalopt.json [--other runs/benchmarks/IKE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.stats import spearmanr
+
+from vosbatch.data.davis import davis_sequences
+from vosbatch.io.png import decode_mask
+from vosbatch.io.store import RunStore
+from vosbatch.metrics.davis import jaccard
+from vosbatch.quality import LogisticModel, QualityModel
+
+# The models' inputs, chosen before fitting for a stated reason (vosbatch.quality's docstring): agreement of the
+# method with itself, in time, and with its refinement; a mask covering the frame's border is usually background.
+FRAME_INPUTS = ("stage_iou", "temporal_iou", "refine_iou", "border")
+SEQUENCE_INPUTS = ("stage_iou", "temporal_iou", "refine_iou", "area_cv")
+BASELINE_INPUTS = ("stage_iou",)
+RIDGE = 1e-2  # L2 penalty on the weights: a few inputs, 20 sequences
+
+
+def fit(x: np.ndarray, y: np.ndarray, names: Sequence[str]) -> LogisticModel:
+    """σ(b + w·x) fitted to y in [0, 1] by least squares, the weights lightly shrunk (inputs standardised)."""
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    z = (x - mu) / sd
+
+    def residuals(p):
+        pred = 1.0 / (1.0 + np.exp(-(p[0] + z @ p[1:])))
+        return np.concatenate([pred - y, np.sqrt(RIDGE) * p[1:]])
+
+    p = least_squares(residuals, np.zeros(1 + x.shape[1])).x
+    w = p[1:] / sd
+    return LogisticModel(float(p[0] - (w * mu).sum()), {n: float(v) for n, v in zip(names, w)})
+
+
+def _matrix(rows: List[Dict], names: Sequence[str]) -> np.ndarray:
+    return np.array([[r[n] for n in names] for r in rows], np.float64)
+
+
+def load(run: str, data_root: str) -> Tuple[List[Dict], List[Dict]]:
+    """(sequences, frames): each with its signals and its true J (frames: the protocol's scored frames)."""
+    store = RunStore(run)
+    metrics = {r["sequence"]: r for r in store.read_metrics() if r["status"] == "ok" and r.get("quality_signals")}
+    seqs = {s.name: s for s in davis_sequences(Path(data_root), split="val", sequences=sorted(metrics))}
+    sequences, frames = [], []
+    for name, row in sorted(metrics.items()):
+        table = store.read_masks(sequence=name).to_pylist()
+        gt = seqs[name].load_gt((table[0]["height"], table[0]["width"]))
+        for r in table[1:-1]:  # DAVIS scores neither the first nor the last frame
+            if gt[r["frame"]] is None or not r.get("quality_signals"):
+                continue
+            signals = json.loads(r["quality_signals"])
+            frames.append({"sequence": name, "j": jaccard(decode_mask(r["mask_png"]), gt[r["frame"]]), **signals})
+        sequences.append({"sequence": name, "j": row["j_mean"], **json.loads(row["quality_signals"])})
+    return sequences, frames
+
+
+def loso(sequences: List[Dict], frames: List[Dict], seq_inputs, frame_inputs) -> Dict:
+    """Leave-one-sequence-out predictions and their scores."""
+    names = [s["sequence"] for s in sequences]
+    seq_pred, frame_pred, frame_true = {}, [], []
+    for held in names:
+        train_s = [s for s in sequences if s["sequence"] != held]
+        train_f = [f for f in frames if f["sequence"] != held]
+        m_s = fit(_matrix(train_s, seq_inputs), np.array([s["j"] for s in train_s]), seq_inputs)
+        m_f = fit(_matrix(train_f, frame_inputs), np.array([f["j"] for f in train_f]), frame_inputs)
+        test_s = [s for s in sequences if s["sequence"] == held]
+        test_f = [f for f in frames if f["sequence"] == held]
+        seq_pred[held] = float(m_s.predict({n: _matrix(test_s, [n])[:, 0] for n in seq_inputs})[0])
+        if test_f:
+            frame_pred += list(m_f.predict({n: _matrix(test_f, [n])[:, 0] for n in frame_inputs}))
+            frame_true += [f["j"] for f in test_f]
+    true = np.array([s["j"] for s in sequences])
+    pred = np.array([seq_pred[n] for n in names])
+    keep = pred >= 0.6
+    return {"sequence_rho": float(spearmanr(pred, true)[0]), "sequence_mae": float(np.abs(pred - true).mean()),
+            "frame_rho": float(spearmanr(frame_pred, frame_true)[0]), "frames": len(frame_true),
+            "kept_at_0.6": int(keep.sum()), "kept_share": float(keep.mean()),
+            "mean_j_kept": float(true[keep].mean()) if keep.any() else None, "mean_j_all": float(true.mean()),
+            "predictions": dict(zip(names, pred.round(4).tolist()))}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="a finished DAVIS run of the method (local or s3://)")
+    ap.add_argument("--data-root", required=True, help="its DAVIS root (ground truth)")
+    ap.add_argument("--write", type=Path, help="save the models fitted on every sequence here (JSON)")
+    ap.add_argument("--other", help="the other method's run on the same sequences: the choice experiment")
+    args = ap.parse_args(argv)
+    method = RunStore(args.run).read_run_info()["config"]["method"]
+    sequences, frames = load(args.run, args.data_root)
+    print(f"{method}: {len(sequences)} sequences, {len(frames)} frames")
+    for name in sorted(set(sequences[0]) - {"sequence", "j"}):
+        rho = spearmanr([s[name] for s in sequences], [s["j"] for s in sequences])[0]
+        print(f"  signal {name:16s} sequence rho {rho:+.3f}")
+    report = {"method": method, "run": args.run,
+              "model": loso(sequences, frames, SEQUENCE_INPUTS, FRAME_INPUTS),
+              "baseline_stage_agreement": loso(sequences, frames, BASELINE_INPUTS, BASELINE_INPUTS)}
+    for label in ("model", "baseline_stage_agreement"):
+        r = report[label]
+        print(f"{label:26s} sequence rho {r['sequence_rho']:.3f}  MAE {r['sequence_mae']:.3f}  frame rho "
+              f"{r['frame_rho']:.3f}  keep>=0.6: {r['kept_at_0.6']}/{len(sequences)} ({r['kept_share']:.0%}), "
+              f"mean J kept {r['mean_j_kept'] if r['mean_j_kept'] is None else round(r['mean_j_kept'], 4)} "
+              f"against {r['mean_j_all']:.4f}")
+    if args.other:
+        other_s, other_f = load(args.other, args.data_root)
+        other = loso(other_s, other_f, SEQUENCE_INPUTS, FRAME_INPUTS)["predictions"]
+        mine = report["model"]["predictions"]
+        j_mine = {s["sequence"]: s["j"] for s in sequences}
+        j_other = {s["sequence"]: s["j"] for s in other_s}
+        common = sorted(set(mine) & set(other))
+        chosen = [j_mine[n] if mine[n] >= other[n] else j_other[n] for n in common]
+        report["choice"] = {"sequences": len(common), "this_method": float(np.mean([j_mine[n] for n in common])),
+                            "other_method": float(np.mean([j_other[n] for n in common])),
+                            "chosen_by_estimate": float(np.mean(chosen)),
+                            "oracle": float(np.mean([max(j_mine[n], j_other[n]) for n in common]))}
+        print("choice by estimate:", json.dumps(report["choice"]))
+    if args.write:
+        s_model = fit(_matrix(sequences, SEQUENCE_INPUTS), np.array([s["j"] for s in sequences]), SEQUENCE_INPUTS)
+        f_model = fit(_matrix(frames, FRAME_INPUTS), np.array([f["j"] for f in frames]), FRAME_INPUTS)
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        args.write.write_text(QualityModel(method, f_model, s_model, f"DAVIS 2016 val, {len(sequences)} sequences, "
+                                           f"run {RunStore(args.run).read_run_info().get('run_id')}").to_json() + "\n")
+        print(f"wrote {args.write}")
+    print(json.dumps({k: v for k, v in report.items()}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

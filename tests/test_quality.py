@@ -1,0 +1,103 @@
+"""The quality estimate: signals that see a bad mask without ground truth, the stored estimate, and the
+filters that use it (export, the Python API), refusing runs that have none."""
+import json
+
+import numpy as np
+import pytest
+
+from vosbatch.errors import InputError
+from vosbatch.evaluation import export_pngs
+from vosbatch.flow.base import BidirectionalFlow
+from vosbatch.io.store import RunStore
+from vosbatch.quality import FRAME_SIGNALS, LogisticModel, QualityModel, frame_signals, sequence_signals
+from support.runs import make_run
+from support.synthetic import make_video, write_davis_fixture
+
+
+def _soft(masks, noise, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(np.where(masks, 0.9, 0.1) + noise * rng.standard_normal(masks.shape), 0, 1).astype(np.float32)
+
+
+def test_signals_tell_a_consistent_mask_from_a_flickering_one():
+    vid = make_video(frames=8, size=(48, 64), obj_size=(10, 14), seed=1)
+    flow = BidirectionalFlow(vid.forward, vid.backward)
+    good = _soft(vid.masks, 0.05)
+    bad = good.copy()
+    bad[::2] = _soft(np.roll(vid.masks[::2], 20, axis=2), 0.05)  # every other frame elsewhere
+    s_good = frame_signals(good, {"init": good}, flow, vid.masks)
+    s_bad = frame_signals(bad, {"init": good}, flow, np.where(np.arange(8)[:, None, None] % 2 == 0,
+                                                              np.roll(vid.masks, 20, axis=2), vid.masks))
+    assert set(s_good) == set(FRAME_SIGNALS) and all(v.shape == (8,) for v in s_good.values())
+    assert s_good["temporal_iou"].mean() > 0.8 > s_bad["temporal_iou"].mean() + 0.3
+    assert s_good["stage_iou"].mean() > 0.9 > s_bad["stage_iou"].mean() + 0.3
+    assert s_good["refine_iou"].min() > 0.8 and np.allclose(s_good["area"], vid.masks.reshape(8, -1).mean(1))
+    seq = sequence_signals(s_good)
+    assert seq["area_cv"] < 0.1 and seq["temporal_iou"] == pytest.approx(s_good["temporal_iou"].mean())
+
+
+def test_the_models_are_monotone_logistic_functions_stored_as_json():
+    model = QualityModel("globalopt", LogisticModel(-3.0, {"stage_iou": 4.0}), LogisticModel(-2.0, {"temporal_iou": 3.0}))
+    again = QualityModel.from_json(model.to_json())
+    pred = again.frame.predict({"stage_iou": np.array([0.0, 0.5, 1.0])})
+    assert np.all(np.diff(pred) > 0) and 0 < pred.min() and pred.max() < 1
+    assert again.sequence.predict({"temporal_iou": np.array(1.0)}) == pytest.approx(1 / (1 + np.exp(-1.0)))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A run with an estimate (a stand-in model: higher temporal agreement, higher quality) and one without."""
+    import vosbatch.quality as quality
+
+    tmp = tmp_path_factory.mktemp("quality")
+    vids = {"steady": make_video(frames=6, size=(48, 64), seed=2),
+            "still": make_video(frames=6, size=(48, 64), obj_velocity=(0.0, 0.0), bg_velocity=(0.0, 0.0), seed=3)}
+    root = write_davis_fixture(tmp / "D", vids)
+    model = QualityModel("globalopt", LogisticModel(-8.0, {"temporal_iou": 8.0, "stage_iou": 4.0}),
+                         LogisticModel(-8.0, {"temporal_iou": 8.0, "stage_iou": 4.0}))
+    original = quality.load_model
+    quality.load_model = lambda method: model
+    try:
+        make_run(root, tmp / "with")
+    finally:
+        quality.load_model = original
+    make_run(root, tmp / "without")  # no model shipped for it: signals, no estimate
+    return tmp
+
+
+def test_every_frame_and_sequence_stores_its_signals_and_estimate(runs):
+    store = RunStore(str(runs / "with"))
+    rows = {r["sequence"]: r for r in store.read_metrics()}
+    for name, row in rows.items():
+        assert 0 <= row["quality"] <= 1 and {"area_cv", *FRAME_SIGNALS} <= set(json.loads(row["quality_signals"]))
+        masks = store.read_masks(sequence=name)
+        q = masks.column("quality").to_pylist()
+        assert len(q) == 6 and all(0 <= v <= 1 for v in q)
+        assert set(json.loads(masks.column("quality_signals")[0].as_py())) == set(FRAME_SIGNALS)
+    plain = RunStore(str(runs / "without")).read_metrics()
+    assert all(r["quality"] is None and r["quality_signals"] for r in plain)
+
+
+def test_export_keeps_what_passes_and_refuses_runs_without_an_estimate(runs, tmp_path):
+    store = RunStore(str(runs / "with"))
+    quality = {r["sequence"]: r["quality"] for r in store.read_metrics()}
+    cut = float(np.mean(list(quality.values())))
+    n = export_pngs(str(runs / "with"), tmp_path / "seq", min_quality=cut)
+    kept = sorted(p.name for p in (tmp_path / "seq").iterdir())
+    assert kept == sorted(k for k, v in quality.items() if v >= cut) and n == 6 * len(kept)
+    frames = [v for name in quality for v in store.read_masks(sequence=name).column("quality").to_pylist()]
+    fcut = float(np.median(frames))
+    n = export_pngs(str(runs / "with"), tmp_path / "frames", min_frame_quality=fcut)
+    assert n == sum(v >= fcut for v in frames) and len(list((tmp_path / "frames").rglob("*.png"))) == n
+    with pytest.raises(InputError, match="has no quality estimate"):
+        export_pngs(str(runs / "without"), tmp_path / "none", min_quality=0.1)
+    assert not (tmp_path / "none").exists()
+
+
+def test_export_min_quality_on_a_run_without_an_estimate_exits_non_zero(runs, tmp_path):
+    from click.testing import CliRunner
+
+    from vosbatch.cli import main
+
+    res = CliRunner().invoke(main, ["export", str(runs / "without"), "--png", str(tmp_path / "p"), "--min-quality", "0.5"])
+    assert res.exit_code == 1 and "has no quality estimate" in res.output and "Traceback" not in res.output
