@@ -6,9 +6,11 @@ import torch
 from vosbatch.flow import create_flow
 from vosbatch.flow.base import BidirectionalFlow
 from vosbatch.features import create_features
-from vosbatch.methods import MethodInput, get_method
+from vosbatch.methods import get_method
+from vosbatch.methods.base import MethodInput
 from vosbatch.flow.reliability import photometric_reliability
-from vosbatch.methods.globalopt import eq1_loss, feature_grid, initial_masks, optimise
+from vosbatch.methods.globalopt import feature_grid
+from vosbatch.methods.globalopt.method import eq1_loss, initial_masks, optimise
 from vosbatch.ops.warp import backward_warp
 from vosbatch.metrics import jaccard
 from vosbatch.postprocess.binarize import binarize

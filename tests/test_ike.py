@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from vosbatch.flow.base import BidirectionalFlow
-from vosbatch.methods import MethodInput, get_method
+from vosbatch.methods import get_method
+from vosbatch.methods.base import MethodInput
 from vosbatch.methods.ike import IkeConfig, stage_names
 from vosbatch.methods.ike.method import _motion_maps, stage_probabilities
 from vosbatch.methods.ike.graph import (
@@ -18,7 +19,8 @@ from vosbatch.methods.ike.graph import (
     feature_weights,
     propagate,
 )
-from vosbatch.ops.segnet import NetConfig, train_and_predict
+from vosbatch.methods.ike.config import NetConfig
+from vosbatch.ops.segnet import train_and_predict
 from support.synthetic import make_video
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from vosbatch.flow.base import BidirectionalFlow
-from vosbatch.methods import MethodInput, get_method
+from vosbatch.methods import get_method
+from vosbatch.methods.base import MethodInput
 from vosbatch.ops.motion import background_layers, independent_motion, residual_flow
 
 

@@ -66,7 +66,7 @@ def test_stage_refine_binarises_the_stages_only():
     init = res.stage_masks["init"]
     np.testing.assert_array_equal(init, binarize_as_configured(unrefined, vid.frames, out.stages["init"]))
     assert not np.array_equal(init, as_output.binarize(vid.frames, out.stages["init"], stage=True))  # the option acts
-    assert RunConfig(stage_refine="fgs").digest() != RunConfig().digest()  # resume does not mix two scorings
+    assert RunConfig(stage_refine="crf").digest() != RunConfig().digest()  # resume does not mix two scorings
 
 
 def test_method_params_parse_json_values_else_strings():
@@ -93,7 +93,7 @@ def test_the_digest_hashes_the_resolved_method_settings():
 def test_flow_computed_at_flow_height_reaches_the_method_on_the_working_grid(tmp_path, monkeypatch):
     """``flow_height``: flow is estimated on larger frames, then resized (vectors rescaled) to the grid
     the method works on; the cache keeps it at the resolution it was computed at."""
-    from vosbatch.methods import base
+    from vosbatch.methods import base, registry
 
     seen = {}
 
@@ -105,7 +105,7 @@ def test_flow_computed_at_flow_height_reaches_the_method_on_the_working_grid(tmp
     class NoSettings:
         pass
 
-    monkeypatch.setitem(base.METHODS._items, "test-record-flow", base.Method(_record, NoSettings))  # for this test only
+    monkeypatch.setitem(registry.METHODS._items, "test-record-flow", registry.Method(_record, NoSettings))  # this test only
 
     vid = make_video(frames=5, size=(128, 192), obj_size=(30, 40), obj_velocity=(4.0, 2.0), bg_velocity=(-2.0, 1.0), seed=3)
     cache = tmp_path / "cache"

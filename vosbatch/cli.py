@@ -89,10 +89,11 @@ _preset_option = click.option(
 # run's stored value); only those given explicitly override it.
 _method_option = click.option("--method", type=click.Choice(["globalopt", "ike"]), show_default=_default("method"),
                               help="Segmentation method.")
-_flow_option = click.option("--flow", type=click.Choice(["dis-fine", "dis", "dis-fast", "raft-small", "raft"]),
+_flow_option = click.option("--flow", type=click.Choice(["auto", "dis-fine", "dis", "dis-fast", "raft-small", "raft"]),
                             show_default=_default("flow"),
-                            help="Optical flow: OpenCV DIS (dis-fine: down to the input's own grid; dis, dis-fast: "
-                                 "coarser and faster) or RAFT (raft-small, raft: learned, needs a checkpoint).")
+                            help="Optical flow: auto (raft-small on a GPU, dis-fine on a CPU), OpenCV DIS (dis-fine: "
+                                 "down to the input's own grid; dis, dis-fast: coarser and faster) or RAFT (raft-small, "
+                                 "raft: learned; the checkpoint from --flow-weights, the cache, or downloaded).")
 _flow_weights_option = click.option("--flow-weights", type=click.Path(dir_okay=False),
                                     help="Checkpoint of a RAFT flow backend (default: the cache, else downloaded).")
 _flow_height_option = click.option(
@@ -113,7 +114,7 @@ _CONFIG_OPTIONS = {
     "method": "method", "flow": "flow", "flow_weights": "flow_weights", "flow_iters": "flow_iters", "flow_height": "flow_height",
     "features": "features", "feature_weights": "feature_weights", "appearance_weight": "appearance_weight",
     "refine": "refine", "work_height": "work_height", "params": "method_params", "window_frames": "window_frames",
-    "window_overlap": "window_overlap", "refine_from": "refine_from", "stage_refine": "stage_refine",
+    "window_overlap": "window_overlap", "refine_from": "refine_from", "stage_refine": "stage_refine", "device": "device",
 }
 
 
@@ -166,9 +167,9 @@ def _dataset_choices() -> List[str]:
 @click.option("--appearance-weight", type=click.FloatRange(min=0), show_default=_default("appearance_weight"),
               help="Weight of the per-video colour model when binarising (0: off).")
 @_refine_option
-@click.option("--stage-refine", type=click.Choice(list(REFINEMENTS)),
-              help="Refinement that scores the method's intermediate stages when there is ground truth "
-                   "[default: as --refine]. The output masks do not change.")
+@click.option("--stage-refine", type=click.Choice(list(REFINEMENTS)), show_default=_default("stage_refine"),
+              help="Refinement that scores the method's intermediate stages when there is ground truth. "
+                   "The output masks do not change.")
 @_work_height_option
 @_params_option
 @click.option("--refine-from", help="Masks of another run (path or s3://) or a DAVIS-layout PNG folder for the method to refine.")
@@ -179,6 +180,10 @@ def _dataset_choices() -> List[str]:
 @click.option("--workers", default=1, show_default=True, help="CPU actors (ignored when --gpus is set).")
 @click.option("--cpus-per-worker", type=int, help="Threads (CPUs) per actor (default: the cluster's CPUs shared out).")
 @click.option("--gpus", default=0, show_default=True, help="GPU actors, one GPU each.")
+@click.option("--cpus-per-gpu", type=click.IntRange(min=1),
+              help="CPUs of each GPU actor, for decoding, DIS flow and the CRF [default: its node's CPUs / GPUs].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), show_default=_default("device"),
+              help="Where the models and the methods' maths run: auto is the actor's GPU when it has one.")
 @click.option("--address", help="Existing Ray cluster (auto or ray://HOST:PORT); default: start a local one.")
 @click.option("--runtime-env", help="Ray runtime_env as JSON for an existing cluster (default: ship this package).")
 @click.option("--retries", default=2, show_default=True, help="Retries of a sequence whose worker died.")
@@ -196,7 +201,8 @@ def _dataset_choices() -> List[str]:
 @click.pass_context
 def submit(ctx, preset, dataset, data_root, split, sequences, inputs, method, flow, flow_weights, flow_iters, flow_height,
            flow_cache, features, feature_weights, appearance_weight, refine, stage_refine, work_height, params,
-           refine_from, window_frames, window_overlap, workers, cpus_per_worker, gpus, address, runtime_env, retries, output,
+           refine_from, window_frames, window_overlap, workers, cpus_per_worker, gpus, cpus_per_gpu, device, address,
+           runtime_env, retries, output,
            s3_endpoint_url, run_id, resume_id, progress, compact, fail_on_error) -> None:
     """Segment a dataset's sequences (or --input videos) on Ray actors; masks + metrics under OUTPUT/RUN_ID/."""
     from click.core import ParameterSource
@@ -230,6 +236,7 @@ def submit(ctx, preset, dataset, data_root, split, sequences, inputs, method, fl
     spec = JobSpec(dataset=dataset, data_root=str(data_root) if data_root else None, split=split,
                    sequences=_split_csv(sequences), inputs=list(inputs) or None, output=output,
                    run_id=resume_id or run_id, workers=workers, gpus=gpus, cpus_per_worker=cpus_per_worker,
+                   cpus_per_gpu=cpus_per_gpu,
                    address=address, retries=retries, s3_endpoint_url=s3_endpoint_url, flow_cache=flow_cache,
                    runtime_env=env, progress=progress, compact=compact)
     explicit_inputs = {o for o in explicit if o in JobSpec.INPUT_FIELDS} | ({"data_root"} if data_root else set())

@@ -22,7 +22,7 @@ class RunConfig:
     preset: Optional[str] = None  # the preset these settings started from (vosbatch.presets); not hashed
     method: str = "globalopt"  # globalopt | ike
     method_params: Dict[str, Any] = field(default_factory=dict)
-    flow: str = "dis-fine"  # optical flow backend: dis-fine | dis | dis-fast | raft-small | raft
+    flow: str = "auto"  # optical flow: auto (raft-small on a GPU, dis-fine on a CPU) | dis-fine | dis | dis-fast | raft-small | raft
     flow_weights: Optional[str] = None  # checkpoint of a learned flow backend (default: the cache, else downloaded)
     flow_iters: int = 12  # refinement iterations of learned (RAFT) flow, >= 1
     flow_height: int = 480  # flow is estimated at this height (px, never above the input's); 0: at work_height
@@ -32,8 +32,8 @@ class RunConfig:
     appearance_weight: float = 2.0  # weight of the per-video colour model's log-odds when binarising, >= 0 (0: off)
     refine: str = "crf"  # before the threshold: crf (smoother, then dense CRF) | fgs (the smoother alone) | none
     # the refinement that scores intermediate stages (IKE's cycles, globalopt's init) when there is ground truth;
-    # None: as ``refine``. Never changes the output masks
-    stage_refine: Optional[str] = None
+    # None: as ``refine``. Never changes the output masks; the smoother alone costs a quarter of the CRF
+    stage_refine: Optional[str] = "fgs"
     window_frames: int = 100  # videos longer than this (plus the overlap) run in windows of this many frames
     window_overlap: int = 16  # frames shared by consecutive windows, in [0, window_frames)
     refine_from: Optional[str] = None  # a run or DAVIS-layout PNG folder whose masks the method refines

@@ -6,8 +6,10 @@ the single-video command uses directly; it knows nothing about clusters, storage
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -19,10 +21,14 @@ from .features import create_features
 from .flow import create_flow
 from .flow.base import BidirectionalFlow
 from .flow.cache import cached_flow
-from .methods import MethodInput, MethodOutput, get_method
+from .methods import get_method
+from .methods.base import MethodInput, MethodOutput
 from .postprocess.binarize import binarize
+from .ops.device import resolve_device
 from .progress import report, span
 from .quality import frame_signals
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,20 +75,43 @@ def working_size(height: int, width: int, work_height: int) -> tuple[int, int]:
     return work_height, max(2, int(round(width * work_height / height)))
 
 
+def resolve_flow(name: str, device, weights: Optional[str] = None) -> str:
+    """``auto``: RAFT-small on a GPU (where learned flow is cheap), when its checkpoint can be had (given, cached,
+    or downloaded and checksummed); DIS down to the input's grid on a CPU, or when it cannot."""
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "dis-fine"
+    from .flow.raft import resolve_weights
+
+    try:
+        resolve_weights("raft-small", weights)
+    except Exception as e:  # noqa: BLE001 - no network, a bad archive...: the CPU flow still works
+        log.warning("flow auto: no RAFT-small checkpoint (%s); using dis-fine", e)
+        return "dis-fine"
+    return "raft-small"
+
+
 class VideoSegmenter:
     """Holds the models for one configuration; ``segment(frames)`` runs the whole per-video pipeline."""
 
     def __init__(self, cfg: RunConfig, flow_cache: Optional[str] = None) -> None:
         self.cfg = cfg
         self.flow_cache = flow_cache  # opt-in per-sequence flow cache (reruns, ablations)
+        self.device = resolve_device(cfg.device)
+        self._device_lock = threading.Lock()
         self.method = get_method(cfg.method)
         self.method_cfg = self.method.config(cfg.method_params)
+        self.flow_name = resolve_flow(cfg.flow, self.device, cfg.flow_weights)
         flow_kwargs = {"weights": cfg.flow_weights} if cfg.flow_weights else {}
-        if cfg.flow.startswith("raft"):
-            flow_kwargs["device"] = cfg.device
+        if self.flow_name.startswith("raft"):
+            flow_kwargs["device"] = self.device
             flow_kwargs["iters"] = cfg.flow_iters
-        self.flow = create_flow(cfg.flow, **flow_kwargs)
-        self.features = create_features(cfg.features, **({"weights": cfg.feature_weights} if cfg.feature_weights else {}))
+        self.flow = create_flow(self.flow_name, **flow_kwargs)
+        feature_kwargs = {"weights": cfg.feature_weights} if cfg.feature_weights else {}
+        if cfg.features != "colour":
+            feature_kwargs["device"] = self.device
+        self.features = create_features(cfg.features, **feature_kwargs)
 
     def segment(self, frames: np.ndarray, keep_stages: bool = True, prior: Optional[np.ndarray] = None) -> SegmentationResult:
         """``prior``: optional (T,H,W) masks in [0,1] from another method, for methods that refine."""
@@ -114,15 +143,17 @@ class VideoSegmenter:
         h, w = working_size(H, W, self.cfg.work_height)
         with timer("resize"):
             small = resize_frames(frames, h, w)
-        with timer("flow"):
+        learned_flow = self.flow_name.startswith("raft")
+        with timer("flow"), (self._on_device(timer) if learned_flow else nullcontext()):
             flow = self._flow(frames, small)
         if prior is not None:
             prior = resize_frames(prior.astype(np.float32), h, w)
-        with timer("features"):
-            grid = self._feature_grid((h, w))
-            feats = self.features(small, grid) if grid else None
-        with timer("method"):
-            out = self.method.run(MethodInput(small, flow, feats, prior), self.method_cfg)
+        with self._on_device(timer):
+            with timer("features"):
+                grid = self._feature_grid((h, w))
+                feats = self.features(small, grid) if grid else None
+            with timer("method"):
+                out = self.method.run(MethodInput(small, flow, feats, prior, self.device), self.method_cfg)
         report("method", 1.0)
         # the method's own stages (e.g. init / optimise) replace its lump sum when it reports them
         method_stages = {k[len("seconds_"):]: out.info.pop(k) for k in [k for k in out.info if k.startswith("seconds_")]}
@@ -130,6 +161,23 @@ class VideoSegmenter:
             timer.seconds.pop("method")
             timer.seconds.update(method_stages)
         return out, dict(timer.seconds), flow
+
+    @contextmanager
+    def _on_device(self, timer: "Timer"):
+        """The stages that run on a GPU: one window at a time (an actor may hold two sequences, one preparing
+        on the CPU while the other is here), timed by CUDA events as the device's busy time."""
+        if self.device.type != "cuda":
+            yield
+            return
+        import torch
+
+        with self._device_lock:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            end.synchronize()
+            timer.seconds["device_busy"] = timer.seconds.get("device_busy", 0.0) + start.elapsed_time(end) / 1000.0
 
     def _flow(self, frames: np.ndarray, small: np.ndarray) -> BidirectionalFlow:
         """Flow on the working grid, estimated at ``flow_height`` (0: the working height) and resized.

@@ -25,28 +25,23 @@ def code_version() -> dict:
 
 
 def host_facts() -> dict:
-    import numpy
-    import torch
+    """The driver's host. Versions come from the installed packages' metadata: the driver never imports torch
+    (its workers do, and each metrics row names the node and, on GPU actors, the GPU memory used)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     facts = {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
-        "numpy": numpy.__version__,
-        "torch": torch.__version__,
-        "cuda_available": torch.cuda.is_available(),
     }
+    for package in ("numpy", "torch", "ray", "pyarrow", "opencv-contrib-python-headless"):
+        try:
+            facts[package] = version(package)
+        except PackageNotFoundError:
+            pass
     try:
         facts["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
-        pass
-    if torch.cuda.is_available():
-        facts["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    try:
-        import ray
-
-        facts["ray"] = ray.__version__
-    except ImportError:
         pass
     return facts

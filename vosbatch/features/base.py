@@ -16,7 +16,8 @@ class FeatureBackend:
     name = "base"
 
     def __call__(self, frames: np.ndarray, grid: Tuple[int, int]) -> np.ndarray:
-        """(T,H,W,3) uint8 RGB -> (T,h,w,C) float32 features on the (h, w) grid."""
+        """(T,H,W,3) uint8 RGB -> (T,h,w,C) float32 features on the (h, w) grid (a numpy array, or a tensor
+        left on the backend's device)."""
         raise NotImplementedError
 
 

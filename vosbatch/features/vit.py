@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..ops.device import resolve_device
 from .base import FeatureBackend, register_features
 
 log = logging.getLogger(__name__)
@@ -141,12 +142,6 @@ def load_vit_checkpoint(model: torch.nn.Module, path: Union[str, os.PathLike]) -
     return model
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _round_to(x: float, p: int) -> int:
     return max(p, int(round(x / p)) * p)
 
@@ -174,7 +169,7 @@ class ViTFeatures(FeatureBackend):
         self.output = output
         self.image_size = image_size
         self.batch_size = max(1, int(batch_size))
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.fp16 = bool(fp16) and self.device.type == "cuda"
         if weights is not None:
             model = build_vit(model_name, pretrained=False)
@@ -255,18 +250,20 @@ class ViTFeatures(FeatureBackend):
             f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
         return f.permute(0, 2, 3, 1)
 
-    def __call__(self, frames: np.ndarray, grid: Tuple[int, int]) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, grid: Tuple[int, int]) -> torch.Tensor:
+        """(T,H,W,3) uint8 RGB -> (T,h,w,C) float32 unit features, left on the model's device (the method
+        that uses them runs there too)."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (T,H,W,3) RGB, got {frames.shape}")
         grid = (int(grid[0]), int(grid[1]))
         size = self.input_size(frames.shape[1:3], grid)
-        out = np.empty((len(frames), grid[0], grid[1], self.embed_dim), np.float32)
+        out = torch.empty((len(frames), grid[0], grid[1], self.embed_dim), dtype=torch.float32, device=self.device)
         with torch.inference_mode():
             for s in range(0, len(frames), self.batch_size):
                 x = self.preprocess(frames[s:s + self.batch_size], size)
                 f = self._to_grid(self._forward(x), grid)
-                out[s:s + len(x)] = F.normalize(f, dim=-1).cpu().numpy()
+                out[s:s + len(x)] = F.normalize(f, dim=-1)
         return out
 
 

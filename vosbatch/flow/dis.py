@@ -1,8 +1,12 @@
 """OpenCV DIS optical flow (Kroeger et al., ECCV 2016): fast, classical, needs no weights."""
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
+
+from ..ops.parallel import thread_map
 
 from .base import FlowBackend, register_flow
 
@@ -18,24 +22,32 @@ _PRESETS = {
 
 
 class DISFlow(FlowBackend):
-    """DIS on grey frames; one OpenCV object per backend (it is not thread-safe, so don't share)."""
+    """DIS on grey frames. An OpenCV DIS object is not thread-safe, so each thread has its own: pairs run in
+    the actor's threads (OpenCV releases the GIL, :mod:`vosbatch.ops.parallel`)."""
 
     def __init__(self, preset: str = "medium") -> None:
         if preset not in _PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r}; choose from {sorted(_PRESETS)}")
         self.name = f"dis-{preset}"
-        opencv_preset, finest_scale = _PRESETS[preset]
-        self._dis = cv2.DISOpticalFlow_create(opencv_preset)
-        if finest_scale is not None:
-            self._dis.setFinestScale(finest_scale)
+        self._preset = _PRESETS[preset]
+        self._local = threading.local()
+
+    def _dis(self):
+        dis = getattr(self._local, "dis", None)
+        if dis is None:
+            opencv_preset, finest_scale = self._preset
+            dis = self._local.dis = cv2.DISOpticalFlow_create(opencv_preset)
+            if finest_scale is not None:
+                dis.setFinestScale(finest_scale)
+        return dis
 
     def pair_batch(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        out = []
-        for src, dst in zip(sources, targets):
-            g0 = cv2.cvtColor(np.ascontiguousarray(src), cv2.COLOR_RGB2GRAY)
-            g1 = cv2.cvtColor(np.ascontiguousarray(dst), cv2.COLOR_RGB2GRAY)
-            out.append(self._dis.calc(g0, g1, None))
-        return np.stack(out).astype(np.float32)
+        def one(i: int) -> np.ndarray:
+            g0 = cv2.cvtColor(np.ascontiguousarray(sources[i]), cv2.COLOR_RGB2GRAY)
+            g1 = cv2.cvtColor(np.ascontiguousarray(targets[i]), cv2.COLOR_RGB2GRAY)
+            return self._dis().calc(g0, g1, None)
+
+        return np.stack(thread_map(one, range(len(sources)))).astype(np.float32)
 
 
 @register_flow("dis")

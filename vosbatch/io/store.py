@@ -81,6 +81,7 @@ METRIC_FIELDS = [
     ("warning", pa.string()),  # something the row's numbers should be read with (e.g. ground truth with holes)
     ("retries", pa.int32()),  # times a dead worker made this sequence start again, over all resumes
     ("node", pa.string()),  # the Ray node that segmented it
+    ("peak_gpu_gb", pa.float64()),  # peak GPU memory the actor had allocated after this sequence (GPU actors)
     ("quality", pa.float64()),  # the sequence's predicted J (vosbatch.quality); null without a calibrated model
     ("quality_signals", pa.string()),  # JSON: the sequence's signals
 ]

@@ -85,11 +85,11 @@ def second_eigenvector(
     u1 = _unit(dh)
     if start is None:
         g = torch.Generator().manual_seed(seed)
-        start = torch.randn(b, n, generator=g, dtype=a.dtype)
+        start = torch.randn(b, n, generator=g, dtype=a.dtype).to(a.device)
     u = start.to(a.dtype) * dh  # to the symmetric problem's coordinates
     u = _unit(u - (u * u1).sum(-1, keepdim=True) * u1)
-    iters = torch.zeros(b, dtype=torch.long)
-    done = torch.zeros(b, dtype=torch.bool)
+    iters = torch.zeros(b, dtype=torch.long, device=a.device)
+    done = torch.zeros(b, dtype=torch.bool, device=a.device)
     for it in range(1, max_iter + 1):
         su = torch.bmm(a, (u / dh)[:, :, None])[:, :, 0] / dh
         nu = 0.5 * (su + u)

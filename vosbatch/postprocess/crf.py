@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from ..errors import VosbatchError
+from ..ops.parallel import chunks, cpu_workers, process_map
 from ..progress import report
 from .refine import REFERENCE_DIAGONAL  # the widths below are in pixels of that frame
 
@@ -85,13 +86,27 @@ def crf_refine(frames: np.ndarray, prob: np.ndarray, params: CRFParams | None = 
     """Foreground marginals (T,H,W) float32 after dense-CRF inference on each frame.
 
     ``frames`` (T,H,W,3) uint8 RGB, ``prob`` (T,H,W) foreground probabilities at the same size,
-    calibrated so that 0.5 is the decision boundary (the CRF's labels are its argmax).
+    calibrated so that 0.5 is the decision boundary (the CRF's labels are its argmax). The frames are
+    independent: with several CPUs (:mod:`vosbatch.ops.parallel`) they run in worker processes.
     """
-    dcrf = require_crf()
-    p = params or CRFParams()
-    t_len, h, w = prob.shape
+    require_crf()
     if frames.shape[:3] != prob.shape:
         raise ValueError(f"frames {frames.shape[:3]} and masks {prob.shape} differ in size")
+    p = params or CRFParams()
+    parts = chunks(len(prob), cpu_workers())
+    if len(parts) == 1:
+        return _crf_frames((frames, prob, p))
+    out = np.empty(prob.shape, np.float32)
+    for sl, q in zip(parts, process_map(_crf_frames, [(frames[sl], prob[sl], p) for sl in parts])):
+        out[sl] = q
+    report("binarize", 1.0)
+    return out
+
+
+def _crf_frames(job) -> np.ndarray:
+    frames, prob, p = job
+    dcrf = require_crf()
+    t_len, h, w = prob.shape
     ih, iw = h, w
     if p.max_height and h > p.max_height:  # the lattice costs grow with the pixel count
         ih, iw = p.max_height, max(2, int(round(w * p.max_height / h)))

@@ -14,6 +14,8 @@ import logging
 import cv2
 import numpy as np
 
+from ..ops.parallel import thread_map
+
 log = logging.getLogger(__name__)
 
 REFERENCE_DIAGONAL = float(np.hypot(854, 480))  # DAVIS 480p: the size at which pixel-unit parameters here and in .crf are given
@@ -43,8 +45,11 @@ def smoother_refine(frames: np.ndarray, soft: np.ndarray, lam: float = 300.0, si
     h, w = soft.shape[1:]
     scaled = lam * (float(np.hypot(h, w)) / REFERENCE_DIAGONAL) ** 2
     out = np.empty_like(soft, dtype=np.float32)
-    for t in range(len(soft)):
+
+    def one(t: int) -> None:  # OpenCV releases the GIL: frames run in the actor's threads
         out[t] = cv2.ximgproc.fastGlobalSmootherFilter(np.ascontiguousarray(frames[t]), soft[t].astype(np.float32),
                                                        scaled, sigma_color, lambda_attenuation, iterations)
+
+    thread_map(one, range(len(soft)))
     return np.clip(out, 0.0, 1.0)
 

@@ -49,8 +49,11 @@ class _Actor:
         from ..io.store import RunStore
         from ..pipeline import VideoSegmenter
 
+        from ..ops.parallel import set_cpu_workers
+
         torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS; torch needs telling too
         os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
+        set_cpu_workers(threads)  # per-frame CPU work (DIS, the smoother, the CRF) over the actor's CPUs
         self.segmenter = VideoSegmenter(RunConfig(**cfg), flow_cache=flow_cache)
         self.store = RunStore(run_uri) if run_uri else None
         self.board = board  # a ProgressBoard actor, or None
@@ -66,7 +69,12 @@ class _Actor:
         key = f"{seq.dataset}/{seq.name}"
         progress = SequenceProgress(lambda done: self.board.update.remote(key, done)) if self.board else None
         started = time.time()
-        row = process_sequence(self.segmenter, seq, self.store, progress, extra={"retries": retries, "node": self.node})
+        extra = {"retries": retries, "node": self.node}
+        row = process_sequence(self.segmenter, seq, self.store, progress, extra=extra)
+        if self.segmenter.device.type == "cuda":
+            import torch
+
+            row["peak_gpu_gb"] = torch.cuda.max_memory_allocated(self.segmenter.device) / 2**30
         # wall-clock stamps (this host's clock) let the driver measure the gaps between sequences
         return dict(row, _started=started, _finished=time.time())
 
@@ -168,6 +176,13 @@ class RunStats:
         return self.gap_s_total / self.gaps if self.gaps else 0.0
 
 
+def default_cpus_per_gpu(ray) -> int:
+    """The CPUs a GPU actor gets by default: the fewest CPUs per GPU of any node that has GPUs."""
+    ratios = [int(n["Resources"].get("CPU", 0) // n["Resources"]["GPU"]) for n in ray.nodes()
+              if n.get("Alive") and n["Resources"].get("GPU")]
+    return max(1, min(ratios)) if ratios else 1
+
+
 def _record_failure(store, seq: Sequence, row: Dict) -> None:
     """Write a failed row; if even that cannot be stored the row still reaches the caller (and the
     sequence, having no ``ok`` metrics, is redone by a resumed run)."""
@@ -191,6 +206,7 @@ def run_sequences(
     on_result: Optional[Callable[[Dict], None]] = None,
     flow_cache: Optional[str] = None,
     cpus_per_worker: Optional[int] = None,
+    cpus_per_gpu: Optional[int] = None,
     retries: int = 2,
     runtime_env: Optional[dict] = None,
     on_retry: Optional[Callable[[Sequence, str], None]] = None,
@@ -203,7 +219,9 @@ def run_sequences(
 
     The sequences are pulled as actors free up (a list longest first, as given), so the driver holds only
     those in flight. ``cpus_per_worker`` fixes each CPU actor's threads (default: the cluster's CPUs shared
-    out). ``on_progress`` gets the frames done of the sequences in flight about once a second.
+    out); a GPU actor gets ``cpus_per_gpu`` CPUs (default: its node's CPUs over its GPUs) and holds two
+    sequences, so that one is decoded, its flow computed and the other's masks refined on the CPUs while
+    the GPU runs the method. ``on_progress`` gets the frames done of the sequences in flight about once a second.
     ``previous_retries``: retries of a resumed run's sequences, which this run's count adds to.
     """
     stats = stats if stats is not None else RunStats()
@@ -218,9 +236,13 @@ def run_sequences(
         getattr(ray.exceptions, n) for n in ("OutOfMemoryError", "NodeDiedError") if hasattr(ray.exceptions, n))
     total_cpus = int(ray.cluster_resources().get("CPU", 1))
     n_actors = max(1, gpus or workers)
-    threads = cpus_per_worker or max(1, total_cpus // n_actors)
-    actor_cls = ray.remote(_Actor).options(num_cpus=threads if not gpus else (cpus_per_worker or 1),
-                                           num_gpus=1 if gpus else 0, max_restarts=0)
+    if gpus:
+        threads = cpus_per_gpu or default_cpus_per_gpu(ray)
+        actor_cls = ray.remote(_Actor).options(num_cpus=threads, num_gpus=1, max_restarts=0, max_concurrency=2)
+    else:
+        threads = cpus_per_worker or max(1, total_cpus // n_actors)
+        actor_cls = ray.remote(_Actor).options(num_cpus=threads, num_gpus=0, max_restarts=0)
+    per_actor = 2 if gpus else 1  # sequences in flight per actor
     board = ray.remote(ProgressBoard).options(num_cpus=0).remote() if on_progress else None
     args = (cfg.to_dict(), run_uri, threads, flow_cache, board)
     store = None
@@ -234,6 +256,7 @@ def run_sequences(
     events: List[Dict] = []  # retry events not yet written to the run's event log
     last_finished: Dict = {}  # actor -> wall-clock end of its previous sequence
     in_flight: Dict = {}
+    replaced: Dict = {}  # a dead actor -> the one that took its place (its other sequence in flight fails too)
 
     def next_sequence() -> Optional[Sequence]:
         return retry_queue.popleft() if retry_queue else next(pending, None)
@@ -258,8 +281,9 @@ def run_sequences(
             n_actors = min(n_actors, len(sequences))
         actors = [actor_cls.remote(*args) for _ in range(n_actors)]
     stats.actors = len(actors)
-    for a in actors:
-        submit(a)
+    for _ in range(per_actor):
+        for a in actors:
+            submit(a)
     last_poll = 0.0
     try:
         while in_flight:
@@ -280,8 +304,10 @@ def run_sequences(
             except died as e:  # the process holding the sequence is gone: replace it, retry the sequence
                 attempts[key] = attempts.get(key, 0) + 1
                 reason = f"worker died on {seq.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                ray.kill(actor, no_restart=True)
-                actor = actor_cls.remote(*args)
+                if actor not in replaced:
+                    ray.kill(actor, no_restart=True)
+                    replaced[actor] = actor_cls.remote(*args)
+                actor = replaced[actor]
                 total = previous_retries.get(key, 0) + attempts[key]
                 events.append({"dataset": seq.dataset, "sequence": seq.name, "event": "retry", "attempt": total,
                                "reason": reason, "time": dt.datetime.now(dt.timezone.utc)})
@@ -306,7 +332,7 @@ def run_sequences(
             stats.busy_s += float(row.get("seconds") or 0.0)
             if "_started" in row:
                 if actor in last_finished:
-                    stats.gap_s_total += row["_started"] - last_finished[actor]
+                    stats.gap_s_total += max(0.0, row["_started"] - last_finished[actor])  # 0: it was queued
                     stats.gaps += 1
                 elif not stats.startup_s:
                     stats.startup_s = row["_started"] - t_created

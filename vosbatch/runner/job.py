@@ -51,6 +51,7 @@ class JobSpec:
     workers: int = 1
     gpus: int = 0
     cpus_per_worker: Optional[int] = None
+    cpus_per_gpu: Optional[int] = None
     address: Optional[str] = None
     retries: int = 2
     s3_endpoint_url: Optional[str] = None
@@ -62,7 +63,7 @@ class JobSpec:
 
     INPUT_FIELDS = ("dataset", "data_root", "split", "sequences", "inputs")
     # submit options a resumed run takes from run.json unless given again
-    RESUMED_FIELDS = ("workers", "gpus", "cpus_per_worker", "address", "retries", "s3_endpoint_url", "flow_cache",
+    RESUMED_FIELDS = ("workers", "gpus", "cpus_per_worker", "cpus_per_gpu", "address", "retries", "s3_endpoint_url", "flow_cache",
                       "runtime_env", "progress", "compact")
 
     def source(self) -> str:
@@ -225,6 +226,7 @@ def run_job(spec: JobSpec, cfg: RunConfig, resume: bool = False, explicit: Optio
         if todo:
             run_sequences(todo, cfg, store.uri, workers=spec.workers, gpus=spec.gpus, address=spec.address,
                           on_result=on_result, flow_cache=spec.flow_cache, cpus_per_worker=spec.cpus_per_worker,
+                          cpus_per_gpu=spec.cpus_per_gpu,
                           retries=spec.retries, runtime_env=spec.runtime_env, on_retry=on_retry,
                           on_progress=display.in_flight, stats=stats, previous_retries=previous_retries)
         display.close()

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import time
 import traceback
 from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
 
@@ -27,10 +27,12 @@ from ..io.png import encode_mask
 from ..io.priors import load_prior_masks
 from ..io.store import RunStore
 from ..metrics import frame_scores, scored_frames, scores_from_frames
-from ..pipeline import VideoSegmenter
 from ..progress import listening, report
 from .progress import SequenceProgress
 from .windows import plan_windows
+
+if TYPE_CHECKING:  # the driver imports this module without the models (torch): only an actor builds them
+    from ..pipeline import VideoSegmenter
 
 SCORE_KEYS = ("j_mean", "j_recall", "j_decay", "f_mean", "f_recall", "f_decay")
 
@@ -66,7 +68,7 @@ class _StageScores:
         return scores_from_frames(np.concatenate(self.j), np.concatenate(self.f)) if self.frames else None
 
 
-def segment_sequence(segmenter: VideoSegmenter, seq: Sequence, seconds: Dict[str, float],
+def segment_sequence(segmenter: "VideoSegmenter", seq: Sequence, seconds: Dict[str, float],
                      progress: Optional[SequenceProgress] = None) -> Dict:
     """Segment ``seq`` window by window. Returns the PNG masks, their size, foreground fractions,
     per-stage scores (when GT exists) and the windows' overlap agreement; adds timings to ``seconds``;
@@ -91,7 +93,7 @@ def segment_sequence(segmenter: VideoSegmenter, seq: Sequence, seconds: Dict[str
             "signals": {k: np.concatenate(v) for k, v in state["signals"].items()}}
 
 
-def _segment_window(segmenter: VideoSegmenter, seq: Sequence, windows, wi: int, win, names: List[str], scored: set,
+def _segment_window(segmenter: "VideoSegmenter", seq: Sequence, windows, wi: int, win, names: List[str], scored: set,
                     seconds: Dict[str, float], state: Dict) -> None:
     """One window: load, segment, keep its masks and scores in ``state`` (what carries over between windows)."""
     cfg = segmenter.cfg
@@ -155,7 +157,7 @@ def estimate_quality(method: str, signals: Dict[str, np.ndarray], row: Dict):
     return frames, per_frame
 
 
-def process_sequence(segmenter: VideoSegmenter, seq: Sequence, store: Optional[RunStore],
+def process_sequence(segmenter: "VideoSegmenter", seq: Sequence, store: Optional[RunStore],
                      progress: Optional[SequenceProgress] = None, extra: Optional[Dict] = None) -> Dict:
     """Segment, score (when GT exists) and store one sequence; returns its metrics row. ``extra``: further
     columns of the row (the driver's retry count, the node)."""

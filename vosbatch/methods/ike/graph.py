@@ -44,10 +44,11 @@ class ChainWarper:
     image or the video ends there (zero padding): its node has no edge beyond that point.
     """
 
-    def __init__(self, forward: np.ndarray, backward: np.ndarray, dtype=torch.float32) -> None:
+    def __init__(self, forward: np.ndarray, backward: np.ndarray, dtype=torch.float32,
+                 device: torch.device = torch.device("cpu")) -> None:
         self.dtype = dtype
-        self.grid_f = sampling_grid(torch.from_numpy(np.ascontiguousarray(forward)).to(dtype))  # on frame t, into t+1
-        self.grid_b = sampling_grid(torch.from_numpy(np.ascontiguousarray(backward)).to(dtype))  # on frame t+1, into t
+        self.grid_f = sampling_grid(torch.from_numpy(np.ascontiguousarray(forward)).to(device, dtype))  # on frame t, into t+1
+        self.grid_b = sampling_grid(torch.from_numpy(np.ascontiguousarray(backward)).to(device, dtype))  # on frame t+1, into t
         self.frames = forward.shape[0] + 1
 
     @staticmethod
@@ -58,7 +59,7 @@ class ChainWarper:
     def _sample_adjoint(y: torch.Tensor, grid: torch.Tensor, shape) -> torch.Tensor:
         """Exact transpose of :meth:`_sample`: every target pixel sends its value back to the four
         source pixels it was interpolated from, with the same bilinear weights."""
-        zeros = torch.zeros(shape, dtype=y.dtype)
+        zeros = torch.zeros(shape, dtype=y.dtype, device=y.device)
         grad_in, _ = torch.ops.aten.grid_sampler_2d_backward(y, zeros, grid, _BILINEAR, _ZEROS, True, [True, False])
         return grad_in
 
@@ -118,7 +119,7 @@ def along_chain(maps: torch.Tensor, warper: ChainWarper, q: int) -> torch.Tensor
     largest array of the method and must exist only once.
     """
     t_len, c, h, w = maps.shape
-    out = torch.zeros((t_len, c * (2 * q + 1), h, w), dtype=maps.dtype)
+    out = torch.zeros((t_len, c * (2 * q + 1), h, w), dtype=maps.dtype, device=maps.device)
     out[:, q * c:(q + 1) * c] = maps
     for sign in (1, -1):
         for k in range(1, q + 1):
@@ -155,18 +156,19 @@ class FeatureProjection:
     def __init__(self, features: torch.Tensor, alpha: float, weights: Optional[torch.Tensor] = None) -> None:
         t, d, h, w = features.shape
         self.features = features
-        sq = torch.zeros(d, dtype=torch.float64)
+        dev = features.device
+        sq = torch.zeros(d, dtype=torch.float64, device=dev)
         for f in features:  # frame by frame: no (N,D) temporary
             sq += f.reshape(d, -1).double().pow(2).sum(1)
         scale = 1.0 / (sq / (t * h * w)).sqrt().clamp_min(1e-8)
         if weights is not None:
-            scale = scale * weights.double()
+            scale = scale * weights.double().to(dev)
         features.mul_(scale.to(features.dtype)[None, :, None, None])
-        gram = torch.zeros(d, d, dtype=torch.float64)
+        gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
         for f in features:
             f2 = f.reshape(d, -1)
             gram += (f2 @ f2.T).double()
-        gram += alpha * torch.eye(d, dtype=torch.float64)
+        gram += alpha * torch.eye(d, dtype=torch.float64, device=dev)
         self.solver = torch.linalg.cholesky(gram)
         self.shape = (t, 1, h, w)
 
@@ -209,7 +211,7 @@ def leading_eigenvector(
     """
     if start is None:
         gen = torch.Generator().manual_seed(seed)
-        start = torch.rand(projection.shape, generator=gen)
+        start = torch.rand(projection.shape, generator=gen).to(projection.features.device)
     x = projection(start)
     x = x / x.norm().clamp_min(1e-12)
     change = float("inf")

@@ -17,9 +17,7 @@ ridge regulariser scales with the node count; the eigenvector is scaled per fram
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -27,51 +25,12 @@ import torch
 
 from ...ops.grid import area_to_grid
 from ...ops.motion import frame_motion, independent_motion, motion_saliency, per_frame_motion
-from ...ops.segnet import NetConfig, frame_inputs, train_and_predict
+from ...ops.segnet import frame_inputs, train_and_predict
 from ...postprocess.binarize import centre_at_cut, kmeans_threshold
 from ...progress import span
-from ..base import MethodInput, MethodOutput, register_method
+from ..base import MethodInput, MethodOutput
+from .config import IkeConfig
 from .graph import ChainWarper, FeatureProjection, along_chain, feature_weights, grid_flow, leading_eigenvector
-
-
-@dataclass
-class GraphConfig:
-    """The space-time graph M (Eq. M in :mod:`.graph`) and the power iteration on P·M·P."""
-
-    stride: int = 2  # working pixels per node (1: one node per working pixel, as the paper)
-    chain_length: int = 15  # p: chain steps followed in each direction (the authors' 15)
-    chain_sigma: float = 4.0  # σ of an edge's Gaussian weight g(k) = exp(-k²/2σ²), k in frames (the authors' ≈ 4)
-    ridge: float = 1.0  # P's ridge regulariser per node: α = ridge × nodes (> 0)
-    power_max_iter: int = 20  # power iteration cap (the authors' 20)
-    power_tol: float = 1e-3  # stop when the unit eigenvector changes by less than this (L2)
-
-
-@dataclass
-class NodeFeatureConfig:
-    """What describes a node: camera-compensated motion collected along its chain."""
-
-    window: int = 7  # q: features collected over the 2q+1 frames of the chain around the node
-    sigma: float = 4.0  # offset k weighted by exp(-k²/2σ²), in frames (0: every offset weighs 1)
-    background_layers: int = 2  # static depth layers removed from the flow: 1 (a homography) or 2 (where GRIC finds depth)
-    epipolar: bool = True  # add each pixel's distance from the background's epipolar geometry (parallax of near surfaces)
-    epipolar_weight: float = math.sqrt(2.0)  # that feature's weight after unit-RMS scaling (> 0)
-
-
-@dataclass
-class IkeConfig:
-    graph: GraphConfig = field(default_factory=GraphConfig)
-    features: NodeFeatureConfig = field(default_factory=NodeFeatureConfig)
-    net: NetConfig = field(default_factory=NetConfig)
-    cycles: int = 3  # graph stages; a network is trained between consecutive ones (>= 1)
-    sharpness: float = 3.0  # s of a stage's output σ(s·(logit x − logit τ)), τ its K-means cut (stage_probabilities)
-    seed: int = 0  # RANSAC samples, the power iteration's start, the networks' weights and batches
-
-    def __post_init__(self) -> None:
-        """Refuse an impossible setting when the job is configured, not when its first video reaches it."""
-        if self.features.background_layers not in (1, 2):
-            raise ValueError(f"IKE features.background_layers={self.features.background_layers!r}: choose 1 or 2")
-        if self.cycles < 1:
-            raise ValueError(f"IKE cycles={self.cycles!r}: at least 1")
 
 
 def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> Tuple[np.ndarray, torch.Tensor]:
@@ -106,7 +65,7 @@ def _soft_from_eigenvector(x: torch.Tensor, saliency: torch.Tensor) -> np.ndarra
         x = -x
     x = x.clamp_min(0)[:, 0]
     scale = torch.quantile(x.reshape(x.shape[0], -1), 0.995, dim=1).clamp_min(1e-12)[:, None, None]
-    return (x / scale).clamp(0, 1).numpy().astype(np.float32)
+    return (x / scale).clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
 def stage_probabilities(scores: np.ndarray, cut: float, cfg: IkeConfig) -> np.ndarray:
@@ -134,6 +93,9 @@ def _above_cut(soft: np.ndarray, cut: float) -> torch.Tensor:
     return torch.from_numpy(np.clip((soft - cut) / max(1e-6, 1.0 - cut), 0, 1).astype(np.float32))[:, None]
 
 
+
+
+
 def graph_cycle(warper: ChainWarper, parts: List[Tuple[torch.Tensor, torch.Tensor]], saliency: torch.Tensor,
                 cfg: IkeConfig, seed: int, start: Optional[torch.Tensor] = None):
     """One graph stage: features along chains, projection, leading eigenvector, soft masks.
@@ -155,24 +117,19 @@ def graph_cycle(warper: ChainWarper, parts: List[Tuple[torch.Tensor, torch.Tenso
     return _soft_from_eigenvector(res.vector, saliency), res
 
 
-def stage_names(cfg: IkeConfig) -> List[str]:
-    """The stages :func:`ike` outputs besides its result, in order (graph1, net1, ..., graphN): known
-    before it runs, so that a job can reject a request for a stage that will not exist up front."""
-    return [name for cycle in range(1, cfg.cycles + 1) for name in (f"graph{cycle}", f"net{cycle}")][:-1]
-
-
 def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
     t_len, H, W = inp.frames.shape[:3]
     hw = (max(2, H // cfg.graph.stride), max(2, W // cfg.graph.stride))
     info: Dict[str, float] = {}
     stages: Dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
-    warper = ChainWarper(*grid_flow(inp.flow.forward, inp.flow.backward, hw))
-    motion_maps, motion_weights = _motion_maps(inp, cfg)
-    motion = area_to_grid(motion_maps, hw)
+    dev = inp.device
+    warper = ChainWarper(*grid_flow(inp.flow.forward, inp.flow.backward, hw), device=dev)
+    motion_maps, motion_weights = _motion_maps(inp, cfg)  # RANSAC fits: on the CPU, then to the device once
+    motion = area_to_grid(motion_maps, hw).to(dev)
     del motion_maps
     saliency = motion[:, -1:]
-    prior = [(area_to_grid(inp.prior, hw), torch.ones(1))] if inp.prior is not None else []
+    prior = [(area_to_grid(inp.prior, hw).to(dev), torch.ones(1))] if inp.prior is not None else []
     masks: List[Tuple[torch.Tensor, torch.Tensor]] = []  # the previous cycle's graph and net masks, weight 1 each
     net_inputs = frame_inputs(inp.frames, hw, motion)
     info["seconds_graph_setup"] = time.perf_counter() - t0
@@ -181,7 +138,7 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
     for cycle in range(1, cfg.cycles + 1):
         t0 = time.perf_counter()
         # later cycles start from the mean of the net's and the last graph's masks: fewer iterations
-        start = None if cycle == 1 else 0.5 * (torch.from_numpy(soft) + torch.from_numpy(pred))[:, None]
+        start = None if cycle == 1 else 0.5 * (torch.from_numpy(soft) + torch.from_numpy(pred))[:, None].to(dev)
         with span((2 * cycle - 2) / steps, (2 * cycle - 1.5) / steps):  # a graph stage: about half a net's time
             soft, res = graph_cycle(warper, [(motion, motion_weights)] + prior + masks, saliency, cfg, cfg.seed + cycle, start)
         cut = kmeans_threshold(soft, seed=cfg.seed)  # the graph's own object/background split
@@ -194,18 +151,16 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
         # the net learns the stage as output (probabilities, cut at 0.5): soft Dice would teach a raw score's
         # weak object parts above the cut as background
         with span((2 * cycle - 1.5) / steps, (2 * cycle) / steps):
-            pred, ninfo = train_and_predict(net_inputs, torch.from_numpy(stages[f"graph{cycle}"])[:, None], 0.5, cfg.net,
-                                            seed=cfg.seed + cycle)
+            pred, ninfo = train_and_predict(net_inputs, torch.from_numpy(stages[f"graph{cycle}"])[:, None].to(dev), 0.5,
+                                            cfg.net, seed=cfg.seed + cycle, device=dev)
         pred_cut = kmeans_threshold(pred, seed=cfg.seed)
         stages[f"net{cycle}"] = stage_probabilities(pred, pred_cut, cfg)
         info.update({f"net{cycle}_{k}": v for k, v in ninfo.items()})
         info[f"seconds_net{cycle}"] = time.perf_counter() - t0
         # the next graph sees this cycle's graph and net masks (raw scores above their cuts) along the chains
-        masks = [(_above_cut(soft, cut), torch.ones(1)), (_above_cut(pred, pred_cut), torch.ones(1))]
+        masks = [(_above_cut(soft, cut).to(dev), torch.ones(1)), (_above_cut(pred, pred_cut).to(dev), torch.ones(1))]
     soft = stages[f"graph{cfg.cycles}"]
     if cfg.cycles > 1:
         soft = 0.5 * (soft + stages[f"net{cfg.cycles - 1}"])
     return MethodOutput(soft, stages, info)
 
-
-register_method("ike", IkeConfig, stage_names=stage_names)(ike)

@@ -21,71 +21,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..flow.base import resize_flow
-from ..flow.reliability import photometric_reliability
-from ..ops.grid import area_to_grid
-from ..ops.motion import frame_motion, motion_saliency, per_frame_motion
-from ..ops.spectral import affinity, bipartition_soft, second_eigenvector
-from ..ops.warp import backward_warp
-from ..progress import report, span
-from .base import MethodInput, MethodOutput, register_method
-
-
-@dataclass
-class SpectralConfig:
-    """Sec. 3.1: the per-frame affinity of Eq. 2 on a coarse grid and its second eigenvector."""
-
-    grid_stride: int = 8  # working pixels per grid cell (>= 1)
-    grid_size: Optional[Tuple[int, int]] = None  # a fixed (rows, cols) grid instead, e.g. (96, 96) for ViT-B/8 at 768 px
-    alpha_psi: float = 0.1  # α_ψ, weight of appearance in Eq. 2 (>= 0)
-    alpha_phi: float = 1.0  # α_φ, weight of each motion direction in Eq. 2 (>= 0)
-    affinity_threshold: float = 0.0  # s of g_s in Eq. 2: affinities below it are cut, in [-1, 1]
-    affinity_floor: float = 0.0  # the value a cut affinity takes (0: no edge)
-    motion: str = "residual"  # φ: "residual" (flow minus the camera's homography) or "flow" (the flow as it is)
-    flow_clip: Optional[float] = None  # clip flow components to ±this many pixels before they become φ
-    motion_scale: float = 4.0  # third component of residual φ, in units of the frame's residual noise (> 0)
-    pic_tol: float = 1e-6  # power iteration stops when the direction changes by less (1 - |cos|)
-    pic_max_iter: int = 400  # power iteration cap
-    pic_batch: int = 8  # frames per batched eigen-solve (bounds memory: pic_batch x nodes² floats)
-    sharpness: float = 3.0  # slope of the soft initialisation around the cut, in eigenvector standard deviations
-
-
-@dataclass
-class OptimisationConfig:
-    """Sec. 3.2: Eq. 1 over all frames of a window."""
-
-    enabled: bool = True  # False: the initialisation is the output
-    stride: int = 4  # working pixels per optimisation-grid cell (1: the working resolution)
-    lam: float = 1.0  # λ, weight of the initialisation term (> 0)
-    warp_weight: float = 1.0  # μ, weight of the warp terms (>= 0)
-    coarse_to_fine: bool = False  # solve on the spectral grid first, then on this grid from that solution
-    lbfgs_max_iter: int = 100  # L-BFGS iterations per grid
-
-
-@dataclass
-class GlobalOptConfig:
-    spectral: SpectralConfig = field(default_factory=SpectralConfig)
-    optimisation: OptimisationConfig = field(default_factory=OptimisationConfig)
-    seed: int = 0  # RANSAC samples of the background fit and the power iteration's start
-
-    def __post_init__(self) -> None:
-        if self.spectral.motion not in ("residual", "flow"):
-            raise ValueError(f"globalopt spectral.motion={self.spectral.motion!r}: choose residual or flow")
-
-
-def feature_grid(work_hw: Tuple[int, int], cfg: GlobalOptConfig) -> Tuple[int, int]:
-    """The spectral grid: the nodes of Eq. 2, where appearance features are computed."""
-    if cfg.spectral.grid_size:
-        return int(cfg.spectral.grid_size[0]), int(cfg.spectral.grid_size[1])
-    s = cfg.spectral.grid_stride
-    return max(2, work_hw[0] // s), max(2, work_hw[1] // s)
+from ...flow.base import resize_flow
+from ...flow.reliability import photometric_reliability
+from ...ops.grid import area_to_grid
+from ...ops.motion import frame_motion, motion_saliency, per_frame_motion
+from ...ops.spectral import affinity, bipartition_soft, second_eigenvector
+from ...ops.warp import backward_warp
+from ...progress import report, span
+from ..base import MethodInput, MethodOutput
+from .config import GlobalOptConfig, OptimisationConfig, feature_grid
 
 
 def _to_grid(x: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
@@ -132,29 +82,33 @@ def initial_masks(inp: MethodInput, cfg: GlobalOptConfig) -> Tuple[np.ndarray, d
     h, w = feature_grid(inp.frames.shape[1:3], cfg)
     phi_n, rel_n, phi_p, rel_p, saliency = _node_motion(inp, cfg, (h, w))
     psi = inp.features
-    if psi is None or psi.shape[1:3] != (h, w):
+    if psi is None or tuple(psi.shape[1:3]) != (h, w):
         raise ValueError(f"features must be on the {h}x{w} spectral grid, got {None if psi is None else psi.shape}")
-    border = torch.zeros(h, w, dtype=torch.bool)
+    dev = inp.device
+    n = h * w
+    # every node's inputs go to the device once; the frames are solved there in batches
+    on_dev = lambda a: (a if torch.is_tensor(a) else torch.from_numpy(np.ascontiguousarray(a))).to(dev)  # noqa: E731
+    psi, phi_n, phi_p = on_dev(psi).reshape(t_len, n, -1), on_dev(phi_n).reshape(t_len, n, -1), on_dev(phi_p).reshape(t_len, n, -1)
+    rel_n, rel_p = (on_dev(r.astype(np.float32)).reshape(t_len, n) for r in (rel_n, rel_p))
+    saliency = on_dev(saliency).reshape(t_len, n)
+    border = torch.zeros(h, w, dtype=torch.bool, device=dev)
     border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
     border = border.flatten()
-    n = h * w
-    soft = np.empty((t_len, h, w), np.float32)
+    soft = torch.empty((t_len, n), dtype=torch.float32, device=dev)
     iters = []
     for s0 in range(0, t_len, sc.pic_batch):
         sl = slice(s0, min(t_len, s0 + sc.pic_batch))
-        tt = lambda a, c: torch.from_numpy(np.ascontiguousarray(a[sl])).reshape(-1, n, c)  # noqa: E731
-        a = affinity(
-            tt(psi, psi.shape[-1]), tt(phi_n, phi_n.shape[-1]), tt(phi_p, phi_p.shape[-1]),
-            tt(rel_n.astype(np.float32), 1)[..., 0], tt(rel_p.astype(np.float32), 1)[..., 0],
-            sc.alpha_psi, sc.alpha_phi, sc.affinity_threshold, sc.affinity_floor,
-        )
-        sal = tt(saliency, 1)[..., 0]
+        a = affinity(psi[sl], phi_n[sl], phi_p[sl], rel_n[sl], rel_p[sl],
+                     sc.alpha_psi, sc.alpha_phi, sc.affinity_threshold, sc.affinity_floor)
+        sal = saliency[sl]
         start = sal - sal.mean(-1, keepdim=True)  # a warm start; convergence does not depend on it
         res = second_eigenvector(a, start=start, tol=sc.pic_tol, max_iter=sc.pic_max_iter, seed=cfg.seed)
-        soft[sl] = bipartition_soft(res.vectors, sal, border, sc.sharpness).reshape(-1, h, w).numpy()
-        iters += res.iterations.tolist()
+        soft[sl] = bipartition_soft(res.vectors, sal, border, sc.sharpness)
+        iters.append(res.iterations)
         report("method", sl.stop / t_len)
-    return soft, {"pic_iterations_mean": float(np.mean(iters)), "pic_iterations_max": float(np.max(iters))}
+    iters = torch.cat(iters).cpu().numpy()
+    return soft.reshape(t_len, h, w).cpu().numpy(), {"pic_iterations_mean": float(np.mean(iters)),
+                                                      "pic_iterations_max": float(np.max(iters))}
 
 
 def _ce(target: torch.Tensor, prob: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -164,7 +118,7 @@ def _ce(target: torch.Tensor, prob: torch.Tensor, eps: float = 1e-6) -> torch.Te
 
 def _inside(flow: torch.Tensor) -> torch.Tensor:
     """(N,1,h,w) 1 where following ``flow`` (N,h,w,2) lands inside the grid."""
-    return backward_warp(torch.zeros(flow.shape[0], 1, *flow.shape[1:3], dtype=flow.dtype), flow)[1]
+    return backward_warp(torch.zeros(flow.shape[0], 1, *flow.shape[1:3], dtype=flow.dtype, device=flow.device), flow)[1]
 
 
 def eq1_loss(z: torch.Tensor, init: torch.Tensor, flow_fwd: torch.Tensor, flow_bwd: torch.Tensor,
@@ -191,24 +145,28 @@ def warp_weights(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor, reliable_next: 
 
 def optimise(init: np.ndarray, flow_fwd: np.ndarray, flow_bwd: np.ndarray, reliable_next: Optional[np.ndarray],
              reliable_prev: Optional[np.ndarray], lam: float, max_iter: int = 100, warp_weight: float = 1.0,
-             start: Optional[np.ndarray] = None) -> Tuple[np.ndarray, dict]:
-    """Minimise Eq. (1) from the initialisation with L-BFGS; returns soft masks (T,h,w).
+             start: Optional[np.ndarray] = None, device: torch.device = torch.device("cpu")) -> Tuple[np.ndarray, dict]:
+    """Minimise Eq. (1) from the initialisation with L-BFGS on ``device``; returns soft masks (T,h,w).
 
     Inputs live on one grid (h,w): flows in its pixels, reliabilities (T-1,h,w) in [0,1] weighting the
     term on frame p+1 (``reliable_next``) and on frame p (``reliable_prev``). ``start``: logits to start
-    from (default: the initialisation's), e.g. a coarser grid's solution upsampled.
+    from (default: the initialisation's), e.g. a coarser grid's solution upsampled. In float64: with a
+    float32 mean-normalised loss L-BFGS's stopping tests see no change after ~2 iterations.
     """
     dt = torch.float64
     t_len, h, w = init.shape
 
-    def weight(a):
-        return torch.ones(t_len - 1, 1, h, w, dtype=dt) if a is None else torch.from_numpy(np.ascontiguousarray(a, np.float64))[:, None]
+    def tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a, np.float64)).to(device)
 
-    init_t = torch.from_numpy(np.ascontiguousarray(init, np.float64))[:, None].clamp(1e-4, 1 - 1e-4)
-    ff = torch.from_numpy(flow_fwd).to(dt)
-    fb = torch.from_numpy(flow_bwd).to(dt)
+    def weight(a):
+        return torch.ones(t_len - 1, 1, h, w, dtype=dt, device=device) if a is None else tensor(a)[:, None]
+
+    init_t = tensor(init)[:, None].clamp(1e-4, 1 - 1e-4)
+    ff = torch.from_numpy(flow_fwd).to(device=device, dtype=dt)
+    fb = torch.from_numpy(flow_bwd).to(device=device, dtype=dt)
     w_next, w_prev = warp_weights(ff, fb, weight(reliable_next), weight(reliable_prev))
-    z = (torch.logit(init_t) if start is None else torch.from_numpy(np.ascontiguousarray(start, np.float64))[:, None]).clone()
+    z = (torch.logit(init_t) if start is None else tensor(start)[:, None]).clone()
     z.requires_grad_(True)
     opt = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-9, tolerance_change=1e-12)
@@ -223,9 +181,9 @@ def optimise(init: np.ndarray, flow_fwd: np.ndarray, flow_bwd: np.ndarray, relia
         return loss
 
     opt.step(closure)
-    z = z.detach()
-    soft = torch.sigmoid(z).float()[:, 0].numpy()
-    return soft, {"loss_evals": float(len(evals)), "loss_start": evals[0], "loss_end": evals[-1], "logits": z[:, 0].numpy()}
+    z = z.detach()[:, 0].cpu()  # one transfer back
+    soft = torch.sigmoid(z).float().numpy()
+    return soft, {"loss_evals": float(len(evals)), "loss_start": evals[0], "loss_end": evals[-1], "logits": z.numpy()}
 
 
 def _optimise_on(init: np.ndarray, inp: MethodInput, reliability, hw: Tuple[int, int], cfg: OptimisationConfig,
@@ -234,7 +192,7 @@ def _optimise_on(init: np.ndarray, inp: MethodInput, reliability, hw: Tuple[int,
     rel_next = _to_grid(reliability.backward.astype(np.float32), hw)[..., 0]  # the term's weight lives on the
     rel_prev = _to_grid(reliability.forward.astype(np.float32), hw)[..., 0]  # frame its flow starts from
     return optimise(init, resize_flow(inp.flow.forward, *hw), resize_flow(inp.flow.backward, *hw), rel_next, rel_prev,
-                    cfg.lam, cfg.lbfgs_max_iter, cfg.warp_weight, start)
+                    cfg.lam, cfg.lbfgs_max_iter, cfg.warp_weight, start, inp.device)
 
 
 def _upsample(x: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
@@ -268,5 +226,3 @@ def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     info["seconds_optimise"] = time.perf_counter() - t0
     return MethodOutput(soft, {"init": init_o}, info)
 
-
-register_method("globalopt", GlobalOptConfig, feature_grid=feature_grid, stage_names=lambda cfg: ["init"])(globalopt)
