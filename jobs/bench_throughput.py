@@ -45,10 +45,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("extra", nargs="*", help="further vosbatch submit arguments (after --)")
     args = ap.parse_args(argv)
     run_id = args.run_id or time.strftime(f"{args.method}-%Y%m%d-%H%M%S")
-    cmd = [sys.executable, "-m", "vosbatch.cli", "submit", "--method", args.method, "--output", args.output,
+    output = Path(args.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "vosbatch.cli", "submit", "--method", args.method, "--output", str(output),
            "--run-id", run_id, "--no-progress"]
     for name in args.sequences.split(","):
-        cmd += ["--input", str(Path(args.data_root) / "JPEGImages" / "480p" / name)]
+        cmd += ["--input", str(Path(args.data_root).resolve() / "JPEGImages" / "480p" / name)]
     cmd += ["--gpus", str(args.gpus)] if args.gpus else ["--workers", str(args.workers), "--cpus-per-worker",
                                                            str(args.cpus_per_worker)]
     cmd += args.extra
@@ -57,9 +59,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         env["PYTHONPATH"] = str(Path(args.source).resolve())
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
-    rc = subprocess.call(cmd, env=env)
+    rc = subprocess.call(cmd, env=env, cwd=output)  # not this checkout's folder: `-m` would import its package first
     wall = time.time() - t0
-    run = Path(args.output).resolve() / run_id
+    run = output / run_id
     summary = summarise(run, wall, args.gpus or args.workers, bool(args.gpus))
     print(json.dumps(summary, indent=2))
     (run / "throughput.json").write_text(json.dumps(summary, indent=2))

@@ -70,6 +70,8 @@ class DatasetResult:
     baseline: Optional[str] = None
     jf: Optional[float] = None
     d_jf: Optional[float] = None
+    quality: Optional[float] = None  # mean estimated J: what a night without ground truth is tracked by
+    d_quality: Optional[float] = None
     reasons: List[str] = field(default_factory=list)
 
 
@@ -271,7 +273,7 @@ def run_dataset(plan: DatasetPlan, cfg: dict, baseline_arg: Optional[str]) -> Da
             comparison_error = True
             result.reasons.append(f"comparison failed: {type(e).__name__}: {e}")
         if result.jf is None:
-            result.jf = _run_jf(plan.run_uri)
+            result.jf, result.quality = _run_means(plan.run_uri)
         result.status = "failed" if rc != 0 or comparison_error else ("regressed" if result.reasons else "passed")
     meta.update(status=result.status, baseline=result.baseline, reasons=result.reasons, returncode=rc,
                 finished=dt.datetime.now(dt.timezone.utc).isoformat())
@@ -295,6 +297,7 @@ def compare_with_baseline(plan: DatasetPlan, cfg: dict, baseline_arg: Optional[s
     print(format_comparison(cmp, cfg["threshold"], cfg["speed_threshold"]), flush=True)
     result.reasons += cmp.regression_reasons(cfg["threshold"], cfg["speed_threshold"])
     result.jf, result.d_jf = cmp.overall.get("jf_b"), cmp.overall.get("d_jf")
+    result.quality, result.d_quality = cmp.overall.get("quality_b"), cmp.overall.get("d_quality")
     sink = io.BytesIO()
     pacsv.write_csv(cmp.to_table(), sink)
     write_file(plan.run_uri, COMPARE_FILE, sink.getvalue())
@@ -302,24 +305,29 @@ def compare_with_baseline(plan: DatasetPlan, cfg: dict, baseline_arg: Optional[s
     meta["overall"] = cmp.overall
 
 
-def _run_jf(run_uri: str) -> Optional[float]:
-    """Overall J&F of a run for the summary line (None when it cannot be read or scored nothing)."""
+def _run_means(run_uri: str):
+    """Overall J&F and mean estimated J of a run for the summary line (None when unreadable or absent)."""
     from vosbatch.compare import is_scored, load_run_metrics
 
     try:
-        rows = load_run_metrics(run_uri).rows.values()
+        rows = list(load_run_metrics(run_uri).rows.values())
     except Exception:  # noqa: BLE001 - only for the summary line
-        return None
+        return None, None
     ok = [r for r in rows if is_scored(r)]
-    return sum((r["j_mean"] + r["f_mean"]) / 2 for r in ok) / len(ok) if ok else None
+    quality = [r["quality"] for r in rows if r.get("status") == "ok" and r.get("quality") is not None]
+    return (sum((r["j_mean"] + r["f_mean"]) / 2 for r in ok) / len(ok) if ok else None,
+            sum(quality) / len(quality) if quality else None)
 
 
 def format_summary(results: List[DatasetResult]) -> str:
-    lines = [f"{'dataset':<12} {'status':<10} {'J&F':>6} {'ΔJ&F':>7}  run  (baseline)"]
+    lines = [f"{'dataset':<12} {'status':<10} {'J&F':>6} {'ΔJ&F':>7} {'est. J':>6} {'Δest.':>6}  run  (baseline)"]
     for r in results:
         jf = f"{r.jf:.3f}" if r.jf is not None else "-"
         djf = f"{r.d_jf:+.3f}" if r.d_jf is not None else "-"
-        lines.append(f"{r.dataset:<12} {r.status.upper():<10} {jf:>6} {djf:>7}  {r.run_uri}  ({r.baseline or 'none'})")
+        q = f"{r.quality:.3f}" if r.quality is not None else "-"
+        dq = f"{r.d_quality:+.3f}" if r.d_quality is not None else "-"
+        lines.append(f"{r.dataset:<12} {r.status.upper():<10} {jf:>6} {djf:>7} {q:>6} {dq:>6}  {r.run_uri}  "
+                     f"({r.baseline or 'none'})")
     return "\n".join(lines)
 
 

@@ -97,7 +97,27 @@ def report(run_uri: str) -> dict:
     for r in failed:
         log.warning("FAILED %s/%s: %s", r.get("dataset"), r.get("sequence"), str(r.get("error") or "").splitlines()[:1])
     return {"videos_ok": len(ok), "videos_failed": len(failed), "frames": frames,
-            "seconds_per_frame": seconds / frames if frames else None}
+            "seconds_per_frame": seconds / frames if frames else None, "quality": quality_summary(run.store, ok)}
+
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
+
+
+def quality_summary(store, ok_rows) -> Optional[dict]:
+    """How many videos and frames pass common thresholds of the estimated J (None: the run has no estimate).
+    Frames are counted from the masks' quality column alone, so a corpus's masks are never decoded."""
+    videos = [r["quality"] for r in ok_rows if r.get("quality") is not None]
+    if not videos:
+        return None
+    table = store.read_masks(columns=["quality"])
+    frames = [q for q in table.column("quality").to_pylist() if q is not None] if table.num_rows else []
+    out = {"videos": len(videos), "frames": len(frames), "mean_video_quality": sum(videos) / len(videos)}
+    for t in THRESHOLDS:
+        v = sum(q >= t for q in videos)
+        f = sum(q >= t for q in frames)
+        out[f">={t}"] = {"videos": v, "video_share": v / len(videos), "frames": f,
+                         "frame_share": f / len(frames) if frames else None}
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -127,8 +147,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.error("no readable run at %s: %s", run_uri, e)
         return rc or 1
     spf = f"{facts['seconds_per_frame']:.3f} s/frame" if facts["seconds_per_frame"] else "no frames"
-    log.info("%d videos labelled (%d frames, %s), %d failed; masks: %s/masks/", facts["videos_ok"], facts["frames"],
+    log.info("%d videos labelled (%d frames, %s), %d failed; masks: %s", facts["videos_ok"], facts["frames"],
              spf, facts["videos_failed"], run_uri)
+    q = facts["quality"]
+    if q is None:
+        log.info("no quality estimate in this run (no calibrated model for its method)")
+    else:
+        log.info("estimated J: mean %.3f over %d videos", q["mean_video_quality"], q["videos"])
+        for t in THRESHOLDS:
+            s = q[f">={t}"]
+            frame_share = f"{s['frame_share']:.0%}" if s["frame_share"] is not None else "-"
+            log.info("  quality >= %.1f: %d videos (%.0f%%), %d frames (%s); export them with "
+                     "vosbatch export %s --png DIR --min-quality %.1f", t, s["videos"], 100 * s["video_share"],
+                     s["frames"], frame_share, run_uri, t)
     if rc != 0 or facts["videos_failed"]:
         resume = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--resume", "--run-id", run_id)]
         log.info("to retry what is missing: python jobs/pseudo_label.py %s --resume %s",

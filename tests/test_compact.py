@@ -66,9 +66,11 @@ def test_a_sequence_rerun_after_compaction_wins_over_its_compacted_rows(run_uri)
     metrics, masks = _snapshot(store)
     assert metrics[("inputs", "s1")] == ("ok", 42.0) and len(metrics) == 4
     assert masks[("inputs", "s1")] == [m.tolist() for m in _masks(42)]
+    assert store.completed("h") == {("inputs", f"s{i}") for i in range(4)}  # what a resume skips
     result = store.compact()
     assert result.generation == 2 and result.added == 2 and result.sequences == 4
     assert _snapshot(store) == (metrics, masks) and _small_files(store) == 0
+    assert store.completed("h") == {("inputs", f"s{i}") for i in range(4)} and not store.completed("other")
 
 
 def test_an_interrupted_compaction_changes_nothing_and_the_next_one_finishes(run_uri, monkeypatch):
@@ -126,3 +128,20 @@ def test_duckdb_reads_a_compacted_run(tmp_path):
     frames = con.execute(f"SELECT dataset, sequence, count(*) FROM read_parquet('{tmp_path}/run/compacted/*/masks-*.parquet') "
                          "GROUP BY ALL ORDER BY sequence").fetchall()
     assert frames == [("inputs", f"s{i}", 3) for i in range(5)]
+
+
+def test_duckdb_reads_a_compacted_run_on_s3_through_pyarrow(s3_bucket):
+    """DuckDB's own S3 reader is an extension it downloads; offline it reads the run through pyarrow's S3 filesystem."""
+    duckdb = pytest.importorskip("duckdb")
+    import pyarrow.dataset as pads
+
+    bucket, _ = s3_bucket
+    store = RunStore(f"s3://{bucket}/runs/run")
+    for i in range(3):
+        _write(store, f"s{i}", i)
+    store.compact()
+    metrics = pads.dataset([f"{store.root}/{f}" for f in store.compaction_state()["metrics"]], filesystem=store.fs)
+    con = duckdb.connect()
+    con.register("metrics", metrics)
+    rows = con.execute("SELECT sequence, frames FROM metrics ORDER BY sequence").fetchall()
+    assert rows == [(f"s{i}", 3) for i in range(3)]

@@ -101,3 +101,24 @@ def test_export_min_quality_on_a_run_without_an_estimate_exits_non_zero(runs, tm
 
     res = CliRunner().invoke(main, ["export", str(runs / "without"), "--png", str(tmp_path / "p"), "--min-quality", "0.5"])
     assert res.exit_code == 1 and "has no quality estimate" in res.output and "Traceback" not in res.output
+
+
+def test_report_compare_and_the_pseudo_label_summary_show_the_estimate(runs, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from vosbatch.compare import compare_uris, format_comparison
+    from vosbatch.report import build_report
+
+    page = build_report(str(runs / "with"), tmp_path / "r.html", progress=False, data_root=str(runs / "D"))
+    html = page.read_text()
+    assert 'id="quality-plot"' in html and "Spearman ρ" in html and "est. J" in html
+    text = format_comparison(compare_uris(str(runs / "without"), str(runs / "with")))
+    assert "estimated J (quality" in text  # A has none, B has one
+    spec = importlib.util.spec_from_file_location("pseudo_label", Path(__file__).resolve().parents[1] / "jobs" / "pseudo_label.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    summary = job.report(str(runs / "with"))["quality"]
+    assert summary["videos"] == 2 and summary["frames"] == 12
+    assert all(summary[f">={t}"]["videos"] <= 2 for t in job.THRESHOLDS)
+    assert job.report(str(runs / "without"))["quality"] is None

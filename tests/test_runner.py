@@ -156,6 +156,10 @@ def test_killing_a_worker_mid_sequence_still_completes_with_identical_outputs(da
     masks, metrics = _tables(tmp / "runs" / "faulted")
     clean_masks, clean_metrics = _tables(clean_run)
     assert all(r["status"] == "ok" for r in metrics.values()) and len(metrics) == 3
+    # the retry is on the sequence's row and in the run's event log (not in run.json, which must not grow)
+    events = RunStore(str(tmp / "runs" / "faulted")).read_events().to_pylist()
+    assert sum(r["retries"] for r in metrics.values()) == 1 and len(events) == 1
+    assert events[0]["event"] == "retry" and metrics[events[0]["sequence"]]["retries"] == 1 and "died" in events[0]["reason"]
     assert [(m["sequence"], m["frame"], m["mask_png"]) for m in masks] == \
            [(m["sequence"], m["frame"], m["mask_png"]) for m in clean_masks]
     for name, row in metrics.items():

@@ -211,7 +211,7 @@ def submit(ctx, preset, dataset, data_root, split, sequences, inputs, method, fl
     from .errors import VosbatchError
     from .metrics import format_table, summarise
     from .runinfo import code_version, host_facts
-    from .runner.job import JobSpec, run_job
+    from .runner.job import JobSpec, Terminated, run_job
 
     if resume_id and run_id and resume_id != run_id:
         raise click.UsageError("--resume RUN_ID names the run; do not also pass a different --run-id")
@@ -247,6 +247,10 @@ def submit(ctx, preset, dataset, data_root, split, sequences, inputs, method, fl
                       echo=lambda m: click.echo(m, err=True), code=code_version(), host=host_facts())
     except VosbatchError:
         raise
+    except KeyboardInterrupt:  # run_job recorded it and printed the command that finishes the run
+        sys.exit(130)
+    except Terminated:
+        sys.exit(143)
     except Exception as e:  # e.g. a download's error: say what failed
         raise click.ClickException(f"{spec.source()}: {type(e).__name__}: {e}")
     metrics, counts, stats = job["metrics"], job["counts"], job["stats"]

@@ -277,6 +277,12 @@ def compare_runs(run_a: RunView, run_b: RunView) -> Comparison:
     common = [s for s in seqs if s.both_scored]
     cmp = Comparison(run_a.uri, run_b.uri, seqs, config_differences(run_a.info, run_b.info),
                      _overall(common, run_a.rows, run_b.rows))
+    # the estimated J (quality) over the sequences both runs finished: a corpus's only quality signal
+    both_ok = [k for k in keys if (run_a.rows.get(k) or {}).get("status") == "ok" and (run_b.rows.get(k) or {}).get("status") == "ok"]
+    for side, run in (("a", run_a), ("b", run_b)):
+        values = [run.rows[k].get("quality") for k in both_ok]
+        cmp.overall[f"quality_{side}"] = float(np.mean(values)) if values and all(_finite(v) for v in values) else None
+    cmp.overall["d_quality"] = _delta(cmp.overall["quality_a"], cmp.overall["quality_b"])
     if not cmp.scored:
         both = [s for s in seqs if s.status_a == "ok" and s.status_b == "ok"]
         for s in both:
@@ -349,6 +355,9 @@ def format_comparison(cmp: Comparison, threshold: float = 0.01, speed_threshold:
     rule = "-" * len(fmt(header))
     out = [f"A (baseline):  {cmp.run_a}", f"B (candidate): {cmp.run_b}", "", fmt(header), rule,
            *[fmt(r) for r in lines], rule, fmt(footer)]
+    if o.get("quality_a") is not None or o.get("quality_b") is not None:
+        out.append(f"estimated J (quality, mean over the sequences both finished): {_fmt(o.get('quality_a'))} -> "
+                   f"{_fmt(o.get('quality_b'))} ({_fmt(o.get('d_quality'), True)})")
     if cmp.config_diff:
         out += ["", "configuration differences (A -> B):"]
         out += [f"  {k}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}" for k, (a, b) in cmp.config_diff.items()]

@@ -323,15 +323,19 @@ class RunStore:
             compacted_ok = {k for k in done if k not in per_sequence}
         return done & (set(self.sequence_files("masks")) | compacted_ok)
 
-    def read_masks(self, dataset: Optional[str] = None, sequence: Optional[str] = None) -> pa.Table:
+    def read_masks(self, dataset: Optional[str] = None, sequence: Optional[str] = None,
+                   columns: Optional[Iterable[str]] = None) -> pa.Table:
+        """Masks rows (of one sequence, or all), sorted by sequence and frame; ``columns`` reads only those
+        (e.g. the quality column of a corpus without its PNGs)."""
         flt = None
         if dataset is not None:
             flt = pads.field("dataset") == dataset
         if sequence is not None:
             f2 = pads.field("sequence") == sequence
             flt = f2 if flt is None else flt & f2
-        table = self._read("masks", filter=flt)
-        return table.sort_by([("dataset", "ascending"), ("sequence", "ascending"), ("frame", "ascending")]) if table.num_rows else table
+        table = self._read("masks", columns=columns, filter=flt)
+        keys = [(c, "ascending") for c in ("dataset", "sequence", "frame") if c in table.column_names]
+        return table.sort_by(keys) if table.num_rows and keys else table
 
     def mask_keys(self) -> List[Key]:
         """Every (dataset, sequence) with masks, sorted: read them one sequence at a time (a corpus's

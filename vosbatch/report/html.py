@@ -26,9 +26,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import overlay as ov
-from ..io.runs import load_run
+from ..io.runs import finite as _finite, load_run
 from .data import Key, RunView, SequenceData, jf, load_sequence, resolve_data_root, stage_seconds, summary, worst_frames
-from .svg import bar_chart, line_chart, stacked_bar_chart
+from .svg import bar_chart, line_chart, scatter_chart, stacked_bar_chart
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1a202c;background:#f7fafc}
@@ -194,7 +194,7 @@ def _cards(runs: List[RunView]) -> str:
     for r in runs:
         s = summary(r)
         items = [("J&amp;F", _num(s["jf_mean"])), ("J", _num(s["j_mean"])), ("F", _num(s["f_mean"])),
-                 ("initialisation J", _num(s["init_j_mean"])),
+                 ("initialisation J", _num(s["init_j_mean"])), ("estimated J", _num(s["quality"])),
                  ("sequences ok / failed", f'{s["ok"]} / {s["failed"]}'), ("frames", str(s["frames"])),
                  ("s / frame", _num(s["s_per_frame"]))]
         cards = "".join(f'<div class="card"><b>{v or "–"}</b><span>{k}</span></div>' for k, v in items)
@@ -210,7 +210,8 @@ def _table(runs: List[RunView], keys: List[Key]) -> str:
     if len(runs) == 1:
         run = runs[0]
         head = ["sequence"] + (["dataset"] if multi_ds else []) + ["status", "frames", "J&amp;F", "J", "J recall", "J decay",
-                                                                   "F", "F recall", "F decay", "init J", "opt. gain", "s/frame", "peak RSS GB"]
+                                                                   "F", "F recall", "F decay", "init J", "opt. gain",
+                                                                   "est. J", "s/frame", "peak RSS GB"]
         for key in keys:
             r = run.rows[key]
             ok = r.get("status") == "ok"
@@ -221,12 +222,12 @@ def _table(runs: List[RunView], keys: List[Key]) -> str:
             cells += [f'<td class="l" title="{escape(err)}">{escape(str(r.get("status")))}</td>', _td(r.get("frames"), 0),
                       _td(jf(r)), _td(r.get("j_mean")), _td(r.get("j_recall")), _td(r.get("j_decay")), _td(r.get("f_mean")),
                       _td(r.get("f_recall")), _td(r.get("f_decay")), _td(r.get("init_j_mean")), _delta_td(gain),
-                      _td(_s_per_frame(r)), _td(r.get("peak_rss_gb"), 2)]
+                      _td(r.get("quality")), _td(_s_per_frame(r)), _td(r.get("peak_rss_gb"), 2)]
             body.append(f'<tr class="{"ok" if ok else "failed"}" data-sequence="{escape(key[1])}">{"".join(cells)}</tr>')
         s = summary(run)
         foot = (f'<tr><td class="l">mean ({s["ok"]} ok)</td>' + ("<td></td>" if multi_ds else "") + "<td></td><td></td>"
                 + _td(s["jf_mean"]) + _td(s["j_mean"]) + "<td></td><td></td>" + _td(s["f_mean"]) + "<td></td><td></td>"
-                + _td(s["init_j_mean"]) + "<td></td>" + _td(s["s_per_frame"]) + "<td></td></tr>")
+                + _td(s["init_j_mean"]) + "<td></td>" + _td(s["quality"]) + _td(s["s_per_frame"]) + "<td></td></tr>")
     else:
         a, b = runs
         head = ["sequence"] + (["dataset"] if multi_ds else []) + ["frames", "J&amp;F A", "J&amp;F B", "Δ J&amp;F", "J A", "J B",
@@ -255,6 +256,26 @@ def _table(runs: List[RunView], keys: List[Key]) -> str:
             f'excluded). Click a column to sort; hover a status for its error.</p>'
             f'<table class="sortable scores" id="scores-table"><thead><tr>{ths}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody><tfoot>{foot}</tfoot></table>')
+
+
+def _quality_section(runs: List[RunView]) -> str:
+    """The estimate against the truth, one dot per sequence, with Spearman's ρ (runs with ground truth)."""
+    from scipy.stats import spearmanr
+
+    plots = []
+    for run in runs:
+        pts = [(r["j_mean"], r["quality"], r["sequence"]) for r in run.ok_rows()
+               if _finite(r.get("quality")) and _finite(r.get("j_mean"))]
+        if len(pts) < 2:
+            continue
+        rho = spearmanr([p[0] for p in pts], [p[1] for p in pts])[0]
+        title = f"{run.label or run.name}: Spearman ρ {rho:.2f} over {len(pts)} sequences"
+        plots.append(scatter_chart(pts, title, "true J", "estimated J (quality)"))
+    if not plots:
+        return ""
+    return ('<h3>Estimated J against true J</h3><p class="muted">The quality column predicts each sequence\'s J '
+            'without ground truth; a calibrated estimate lies on the diagonal.</p>'
+            f'<div class="plots" id="quality-plot">{"".join(plots)}</div>')
 
 
 def _timing_chart(runs: List[RunView], keys: List[Key]) -> str:
@@ -448,6 +469,7 @@ def build_report(
 <h3>J per sequence</h3><div class="plots">{j_plot}</div>
 <h3>J over frames <span class="muted">(worst frames of run A ticked in red; all frames, the DAVIS means skip the first and last)</span></h3>
 <div class="plots" id="curves">{curve_html}</div>
+{_quality_section(runs)}
 <h3>Seconds per frame by stage</h3><div class="plots">{_timing_chart(runs, keys)}</div>
 <h2 id="sequences">Sequences</h2><p class="muted">{nav}</p>
 {"".join(sections)}

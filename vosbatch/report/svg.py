@@ -179,3 +179,26 @@ def line_chart(
         out.append(_legend(names, colours, left + 7 * len(title) + 16, 13))
     out.append("</svg>")
     return "".join(out)
+
+
+def scatter_chart(points: Sequence[Tuple[float, float, str]], title: str = "", x_label: str = "", y_label: str = "",
+                  width: int = 340, height: int = 300) -> str:
+    """One dot per (x, y, label) on [0,1] x [0,1], with the diagonal y = x (a calibrated estimate lies on it)."""
+    left, right, top, bottom = 40, 12, 22, 34
+    pw, ph = width - left - right, height - top - bottom
+    sx = lambda x: left + pw * max(0.0, min(1.0, x))  # noqa: E731
+    sy = lambda y: top + ph * (1 - max(0.0, min(1.0, y)))  # noqa: E731
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+           f'xmlns="http://www.w3.org/2000/svg" role="img">',
+           f'<text x="{left}" y="13" {FONT} font-weight="bold">{escape(title)}</text>']
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+        out.append(f'<line x1="{left}" y1="{sy(t):.1f}" x2="{width - right}" y2="{sy(t):.1f}" stroke="#e2e8f0"/>'
+                   f'<text x="{left - 4}" y="{sy(t) + 3:.1f}" text-anchor="end" {FONT}>{_fmt(t)}</text>'
+                   f'<text x="{sx(t):.1f}" y="{top + ph + 12}" text-anchor="middle" {FONT}>{_fmt(t)}</text>')
+    out.append(f'<line x1="{sx(0)}" y1="{sy(0)}" x2="{sx(1)}" y2="{sy(1)}" stroke="#a0aec0" stroke-dasharray="4 3"/>')
+    for x, y, label in points:
+        out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{PALETTE[0]}" fill-opacity="0.75">'
+                   f'<title>{escape(label)}: {_fmt(x)} / {_fmt(y)}</title></circle>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 4}" text-anchor="middle" {FONT}>{escape(x_label)}</text>'
+               f'<text x="{left}" y="{top - 4}" {FONT}>{escape(y_label)}</text></svg>')
+    return "".join(out)

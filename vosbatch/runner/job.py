@@ -234,14 +234,14 @@ def run_job(spec: JobSpec, cfg: RunConfig, resume: bool = False, explicit: Optio
             result = store.compact()
             echo(f"compacted {result.added} sequences into {len(result.files.get('masks', []))} mask and "
                  f"{len(result.files.get('metrics', []))} metrics files (generation {result.generation})")
-    except (KeyboardInterrupt, Terminated) as e:
-        display.close()
-        _finish(store, info, t0, previous, stats, "interrupted", None)
-        echo(f"interrupted ({'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'}): {stats.sequences} sequences "
-             f"finished in this session; to finish the run: {resume_command(spec)}")
-        raise
     except BaseException as e:
         display.close()
+        interrupt = _interruption(e)
+        if interrupt is not None:
+            _finish(store, info, t0, previous, stats, "interrupted", None)
+            echo(f"interrupted ({'SIGTERM' if isinstance(interrupt, Terminated) else 'Ctrl-C'}): {stats.sequences} "
+                 f"sequences finished in this session; to finish the run: {resume_command(spec)}")
+            raise interrupt from None
         _finish(store, info, t0, previous, stats, "failed", f"{type(e).__name__}: {e}")
         echo(f"the run failed ({type(e).__name__}); to finish it: {resume_command(spec)}")
         raise
@@ -253,6 +253,17 @@ def run_job(spec: JobSpec, cfg: RunConfig, resume: bool = False, explicit: Optio
     _finish(store, info, t0, previous, stats, "done", None, metrics)
     return {"metrics": metrics, "info": info, "stats": stats, "store": store, "skipped": len(seqs) - len(todo),
             "elapsed": time.time() - t0, "counts": display.counts}
+
+
+def _interruption(e: BaseException) -> Optional[BaseException]:
+    """The Ctrl-C or SIGTERM behind ``e``, if any: raised inside Ray's Cython calls (``ray.wait``), it can
+    surface as a ``SystemError`` whose context is the interruption."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, (KeyboardInterrupt, Terminated)):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def _finish(store: RunStore, info: dict, t0: float, previous: Optional[dict], stats: RunStats, status: str,
