@@ -74,7 +74,9 @@ def run_measured(cmd: List[str]) -> Dict:
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
-        last = _proc_status(proc.pid) or last
+        status = _proc_status(proc.pid)
+        if "VmHWM" in status:  # an exited process (a zombie) has no memory figures left
+            last = status
         time.sleep(0.2)
     reader.join()
     return {"returncode": proc.returncode, "wall_s": time.perf_counter() - t0, "peak_rss_gb": last.get("VmHWM", 0) / 2**30,

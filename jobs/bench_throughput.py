@@ -11,7 +11,9 @@ Prints, from the run's own records:
 * peak host RSS of a worker, and peak GPU memory on GPU actors.
 
     python jobs/bench_throughput.py --data-root ../shared/data/DAVIS2016 --method globalopt --workers 2
-    python jobs/bench_throughput.py --data-root ../shared/data/DAVIS2016 --method ike --gpus 1 --flow raft-small
+    python jobs/bench_throughput.py --data-root ../shared/data/DAVIS2016 --method ike --gpus 1 -- --flow raft-small
+
+Arguments after ``--`` go to ``vosbatch submit`` as they are (``-- --preset fast``).
 
 ``--source DIR`` runs another checkout of vosbatch (``PYTHONPATH=DIR``) with the same command, e.g. the
 version before a change, so both are measured in one sitting. It must accept the options used here.

@@ -22,7 +22,7 @@ class Preset:
 
 PRESETS: Dict[str, Preset] = {
     "balanced": Preset("globalopt with DIS flow at 480 px and the dense CRF: the configuration's defaults"),
-    "quality": Preset("IKE (graph + per-video network, 3 cycles): the most accurate, about 3x balanced's cost",
+    "quality": Preset("IKE (space-time graph + a network trained per video, 3 cycles), about twice balanced's time per frame",
                       {"method": "ike"}),
     "fast": Preset("globalopt with DIS medium flow and the fast global smoother instead of the CRF",
                    {"flow": "dis", "refine": "fgs"}),
