@@ -145,3 +145,29 @@ def test_duckdb_reads_a_compacted_run_on_s3_through_pyarrow(s3_bucket):
     con.register("metrics", metrics)
     rows = con.execute("SELECT sequence, frames FROM metrics ORDER BY sequence").fetchall()
     assert rows == [(f"s{i}", 3) for i in range(3)]
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_resume_after_compaction_recomputes_nothing_finished(where, tmp_path, request):
+    """Through the command line: a run with a finished and a failed sequence is compacted at its end; ``--resume``
+    finds the finished one in ``compacted/``, leaves it alone, and tries the failed one again."""
+    from support.cli import run_cli
+    from support.synthetic import make_video, write_davis_fixture
+
+    root = write_davis_fixture(tmp_path / "D", {"good": make_video(frames=8, size=(48, 64), seed=1)})
+    output = str(tmp_path / "runs") if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')[0]}/runs"
+    small = ["--work-height", "48", "--refine", "fgs", "-p", "spectral.grid_stride=4", "-p", "optimisation.stride=2"]
+    run_cli("submit", "--data-root", root, "--output", output, "--run-id", "r", "--sequences", "good,missing",
+            "--no-progress", *small)
+    store = RunStore(f"{output}/r")
+    assert store.compaction_state() is not None and _small_files(store) == 0
+    before = {r["sequence"]: (r["status"], r["seconds"]) for r in store.read_metrics()}
+    masks = store.read_masks().column("mask_png").to_pylist()
+    assert before["good"][0] == "ok" and before["missing"][0] == "failed" and len(masks) == 8
+    res = run_cli("submit", "--output", output, "--resume", "r", "--no-progress")
+    assert "resume: 1 of 2 sequences already done" in res.stderr
+    after = {r["sequence"]: (r["status"], r["seconds"]) for r in store.read_metrics()}
+    assert after["good"] == before["good"] and after["missing"][0] == "failed"
+    assert store.read_masks().column("mask_png").to_pylist() == masks
+    assert store.read_run_info()["status"] == "done"
