@@ -1,19 +1,19 @@
 #!/usr/bin/env python
-"""Fit and check the quality estimate (vosbatch.quality) of one method on runs with ground truth.
+"""Fit and check the quality estimate (vosbatch.quality) of one method on a run with ground truth.
 
-Reads a finished DAVIS run of the method (its masks' and metrics' quality signals, its J), computes each
-frame's J against the ground truth, fits the frame and the sequence models (a logistic function of a few
-signals, least squares on J) and reports, leave-one-sequence-out (every sequence predicted by models
-fitted on the others):
+Reads a finished DAVIS run of the method (its masks' quality signals, its J), computes each frame's J
+against the ground truth, fits the frame model (a logistic function of a few signals, least squares on J, each
+weight held to the sign its signal was chosen for; a sequence's estimate is the mean of its frames') and reports, leave-one-sequence-out (every sequence
+predicted by a model fitted on the others' frames):
 
 * per-sequence Spearman ρ between predicted and true J, and the mean absolute error;
 * per-frame Spearman ρ;
 * the same for a baseline: the method's stage agreement alone;
 * what keeping the sequences with quality >= 0.6 keeps, against the unfiltered mean J.
 
-With ``--write`` it saves the models fitted on every sequence (what the package ships). With
-``--other RUN`` (the other method's run on the same sequences) it also reports the J of choosing, per
-sequence, the output with the higher estimate, against each method alone and the oracle.
+With ``--write`` it saves the model fitted on every sequence (what the package ships). With ``--other RUN``
+(the other method's run on the same sequences) it also reports the J of choosing, per sequence, the output
+with the higher estimate, against each method alone and the oracle.
 
     python jobs/fit_quality.py --run runs/benchmarks/GO --data-root ../shared/data/DAVIS2016 \\
         --write vosbatch/quality_models/globalopt.json [--other runs/benchmarks/IKE]
@@ -36,24 +36,30 @@ from vosbatch.io.store import RunStore
 from vosbatch.metrics.davis import jaccard
 from vosbatch.quality import LogisticModel, QualityModel
 
-# The models' inputs, chosen before fitting for a stated reason (vosbatch.quality's docstring): agreement of the
+# The model's inputs, chosen before fitting for a stated reason (vosbatch.quality's docstring): agreement of the
 # method with itself, in time, and with its refinement; a mask covering the frame's border is usually background.
 FRAME_INPUTS = ("stage_iou", "temporal_iou", "refine_iou", "border")
-SEQUENCE_INPUTS = ("stage_iou", "temporal_iou", "refine_iou", "area_cv")
 BASELINE_INPUTS = ("stage_iou",)
+# The direction each input may move the estimate, fixed by the reason it was chosen: correlated inputs fitted on 20
+# videos can otherwise trade weights and give one a sign that would reward disagreement.
+SIGNS = {"stage_iou": 1, "temporal_iou": 1, "refine_iou": 1, "border": -1}
 RIDGE = 1e-2  # L2 penalty on the weights: a few inputs, 20 sequences
 
 
 def fit(x: np.ndarray, y: np.ndarray, names: Sequence[str]) -> LogisticModel:
-    """σ(b + w·x) fitted to y in [0, 1] by least squares, the weights lightly shrunk (inputs standardised)."""
+    """σ(b + w·x) fitted to y in [0, 1] by least squares (a continuous target, which scikit-learn's logistic
+    regression does not take), the weights lightly shrunk (inputs standardised) and held to their SIGNS."""
     mu, sd = x.mean(0), x.std(0) + 1e-6
     z = (x - mu) / sd
+    signs = np.array([SIGNS[n] for n in names], np.float64)
 
     def residuals(p):
         pred = 1.0 / (1.0 + np.exp(-(p[0] + z @ p[1:])))
         return np.concatenate([pred - y, np.sqrt(RIDGE) * p[1:]])
 
-    p = least_squares(residuals, np.zeros(1 + x.shape[1])).x
+    lower = np.concatenate([[-np.inf], np.where(signs > 0, 0.0, -np.inf)])
+    upper = np.concatenate([[np.inf], np.where(signs > 0, np.inf, 0.0)])
+    p = least_squares(residuals, np.concatenate([[0.0], 1e-3 * signs]), bounds=(lower, upper)).x
     w = p[1:] / sd
     return LogisticModel(float(p[0] - (w * mu).sum()), {n: float(v) for n, v in zip(names, w)})
 
@@ -63,7 +69,8 @@ def _matrix(rows: List[Dict], names: Sequence[str]) -> np.ndarray:
 
 
 def load(run: str, data_root: str) -> Tuple[List[Dict], List[Dict]]:
-    """(sequences, frames): each with its signals and its true J (frames: the protocol's scored frames)."""
+    """(sequences, frames) of a run: each sequence with its true J, each frame with its signals and, where the
+    protocol scores it (not the first or last frame), its true J (else None)."""
     store = RunStore(run)
     metrics = {r["sequence"]: r for r in store.read_metrics() if r["status"] == "ok" and r.get("quality_signals")}
     seqs = {s.name: s for s in davis_sequences(Path(data_root), split="val", sequences=sorted(metrics))}
@@ -71,30 +78,31 @@ def load(run: str, data_root: str) -> Tuple[List[Dict], List[Dict]]:
     for name, row in sorted(metrics.items()):
         table = store.read_masks(sequence=name).to_pylist()
         gt = seqs[name].load_gt((table[0]["height"], table[0]["width"]))
-        for r in table[1:-1]:  # DAVIS scores neither the first nor the last frame
-            if gt[r["frame"]] is None or not r.get("quality_signals"):
-                continue
-            signals = json.loads(r["quality_signals"])
-            frames.append({"sequence": name, "j": jaccard(decode_mask(r["mask_png"]), gt[r["frame"]]), **signals})
-        sequences.append({"sequence": name, "j": row["j_mean"], **json.loads(row["quality_signals"])})
+        for i, r in enumerate(table):
+            scored = 0 < i < len(table) - 1 and gt[r["frame"]] is not None
+            j = jaccard(decode_mask(r["mask_png"]), gt[r["frame"]]) if scored else None
+            frames.append({"sequence": name, "j": j, **json.loads(r["quality_signals"])})
+        sequences.append({"sequence": name, "j": row["j_mean"]})
     return sequences, frames
 
 
-def loso(sequences: List[Dict], frames: List[Dict], seq_inputs, frame_inputs) -> Dict:
-    """Leave-one-sequence-out predictions and their scores."""
+def _fit_frames(frames: List[Dict], inputs: Sequence[str]) -> LogisticModel:
+    scored = [f for f in frames if f["j"] is not None]
+    return fit(_matrix(scored, inputs), np.array([f["j"] for f in scored]), inputs)
+
+
+def loso(sequences: List[Dict], frames: List[Dict], inputs: Sequence[str]) -> Dict:
+    """Leave-one-sequence-out predictions (a sequence's: the mean of all its frames', as a run computes it)
+    and their scores."""
     names = [s["sequence"] for s in sequences]
     seq_pred, frame_pred, frame_true = {}, [], []
     for held in names:
-        train_s = [s for s in sequences if s["sequence"] != held]
-        train_f = [f for f in frames if f["sequence"] != held]
-        m_s = fit(_matrix(train_s, seq_inputs), np.array([s["j"] for s in train_s]), seq_inputs)
-        m_f = fit(_matrix(train_f, frame_inputs), np.array([f["j"] for f in train_f]), frame_inputs)
-        test_s = [s for s in sequences if s["sequence"] == held]
-        test_f = [f for f in frames if f["sequence"] == held]
-        seq_pred[held] = float(m_s.predict({n: _matrix(test_s, [n])[:, 0] for n in seq_inputs})[0])
-        if test_f:
-            frame_pred += list(m_f.predict({n: _matrix(test_f, [n])[:, 0] for n in frame_inputs}))
-            frame_true += [f["j"] for f in test_f]
+        model = QualityModel("", _fit_frames([f for f in frames if f["sequence"] != held], inputs))
+        test = [f for f in frames if f["sequence"] == held]
+        pred = model.frames({n: _matrix(test, [n])[:, 0] for n in inputs})
+        seq_pred[held] = model.sequence(pred)
+        frame_pred += [p for p, f in zip(pred, test) if f["j"] is not None]
+        frame_true += [f["j"] for f in test if f["j"] is not None]
     true = np.array([s["j"] for s in sequences])
     pred = np.array([seq_pred[n] for n in names])
     keep = pred >= 0.6
@@ -114,13 +122,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     method = RunStore(args.run).read_run_info()["config"]["method"]
     sequences, frames = load(args.run, args.data_root)
-    print(f"{method}: {len(sequences)} sequences, {len(frames)} frames")
-    for name in sorted(set(sequences[0]) - {"sequence", "j"}):
-        rho = spearmanr([s[name] for s in sequences], [s["j"] for s in sequences])[0]
-        print(f"  signal {name:16s} sequence rho {rho:+.3f}")
-    report = {"method": method, "run": args.run,
-              "model": loso(sequences, frames, SEQUENCE_INPUTS, FRAME_INPUTS),
-              "baseline_stage_agreement": loso(sequences, frames, BASELINE_INPUTS, BASELINE_INPUTS)}
+    scored = [f for f in frames if f["j"] is not None]
+    print(f"{method}: {len(sequences)} sequences, {len(scored)} scored frames")
+    seq_j = [s["j"] for s in sequences]
+    for name in sorted(set(frames[0]) - {"sequence", "j"}):
+        seq_mean = [np.mean([f[name] for f in frames if f["sequence"] == s["sequence"]]) for s in sequences]
+        print(f"  signal {name:16s} Spearman rho with J: sequences {spearmanr(seq_mean, seq_j)[0]:+.3f}, "
+              f"frames {spearmanr([f[name] for f in scored], [f['j'] for f in scored])[0]:+.3f}")
+    report = {"method": method, "run": args.run, "inputs": list(FRAME_INPUTS), "model": loso(sequences, frames, FRAME_INPUTS),
+              "baseline_stage_agreement": loso(sequences, frames, BASELINE_INPUTS)}
     for label in ("model", "baseline_stage_agreement"):
         r = report[label]
         print(f"{label:26s} sequence rho {r['sequence_rho']:.3f}  MAE {r['sequence_mae']:.3f}  frame rho "
@@ -129,7 +139,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"against {r['mean_j_all']:.4f}")
     if args.other:
         other_s, other_f = load(args.other, args.data_root)
-        other = loso(other_s, other_f, SEQUENCE_INPUTS, FRAME_INPUTS)["predictions"]
+        other = loso(other_s, other_f, FRAME_INPUTS)["predictions"]
         mine = report["model"]["predictions"]
         j_mine = {s["sequence"]: s["j"] for s in sequences}
         j_other = {s["sequence"]: s["j"] for s in other_s}
@@ -141,11 +151,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                             "oracle": float(np.mean([max(j_mine[n], j_other[n]) for n in common]))}
         print("choice by estimate:", json.dumps(report["choice"]))
     if args.write:
-        s_model = fit(_matrix(sequences, SEQUENCE_INPUTS), np.array([s["j"] for s in sequences]), SEQUENCE_INPUTS)
-        f_model = fit(_matrix(frames, FRAME_INPUTS), np.array([f["j"] for f in frames]), FRAME_INPUTS)
+        info = RunStore(args.run).read_run_info()
+        model = QualityModel(method, _fit_frames(frames, FRAME_INPUTS),
+                             f"DAVIS 2016 val, {len(sequences)} sequences, run {info.get('run_id')} at "
+                             f"{str((info.get('code') or {}).get('git_commit'))[:7]}")
         args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(QualityModel(method, f_model, s_model, f"DAVIS 2016 val, {len(sequences)} sequences, "
-                                           f"run {RunStore(args.run).read_run_info().get('run_id')}").to_json() + "\n")
+        args.write.write_text(model.to_json() + "\n")
         print(f"wrote {args.write}")
     print(json.dumps({k: v for k, v in report.items()}, indent=1, default=str))
     return 0

@@ -9,7 +9,7 @@ from vosbatch.errors import InputError
 from vosbatch.evaluation import export_pngs
 from vosbatch.flow.base import BidirectionalFlow
 from vosbatch.io.store import RunStore
-from vosbatch.quality import FRAME_SIGNALS, LogisticModel, QualityModel, frame_signals, sequence_signals
+from vosbatch.quality import FRAME_SIGNALS, LogisticModel, QualityModel, frame_signals, load_model, sequence_signals
 from support.runs import make_run
 from support.synthetic import make_video, write_davis_fixture
 
@@ -36,12 +36,36 @@ def test_signals_tell_a_consistent_mask_from_a_flickering_one():
     assert seq["area_cv"] < 0.1 and seq["temporal_iou"] == pytest.approx(s_good["temporal_iou"].mean())
 
 
-def test_the_models_are_monotone_logistic_functions_stored_as_json():
-    model = QualityModel("globalopt", LogisticModel(-3.0, {"stage_iou": 4.0}), LogisticModel(-2.0, {"temporal_iou": 3.0}))
+def test_stage_agreement_is_with_the_first_motion_only_stage():
+    """IKE's later graphs and nets learn from each other, so the output is compared with graph1."""
+    vid = make_video(frames=6, size=(48, 64), obj_size=(10, 14), seed=4)
+    flow = BidirectionalFlow(vid.forward, vid.backward)
+    good = _soft(vid.masks, 0.05)
+    elsewhere = _soft(np.roll(vid.masks, 20, axis=2), 0.05)
+    agree = frame_signals(good, {"graph1": good, "net1": elsewhere, "graph2": elsewhere}, flow, vid.masks)
+    disagree = frame_signals(good, {"graph1": elsewhere, "net1": good, "graph2": good}, flow, vid.masks)
+    assert agree["stage_iou"].min() > 0.9 and disagree["stage_iou"].max() < 0.5
+
+
+def test_the_model_is_a_monotone_logistic_function_stored_as_json_and_a_sequence_is_its_frames_mean():
+    model = QualityModel("globalopt", LogisticModel(-3.0, {"stage_iou": 4.0}))
     again = QualityModel.from_json(model.to_json())
-    pred = again.frame.predict({"stage_iou": np.array([0.0, 0.5, 1.0])})
+    pred = again.frames({"stage_iou": np.array([0.0, 0.5, 1.0])})
     assert np.all(np.diff(pred) > 0) and 0 < pred.min() and pred.max() < 1
-    assert again.sequence.predict({"temporal_iou": np.array(1.0)}) == pytest.approx(1 / (1 + np.exp(-1.0)))
+    assert pred[1] == pytest.approx(1 / (1 + np.exp(-(-3.0 + 2.0))))
+    assert again.sequence(pred) == pytest.approx(pred.mean())
+
+
+@pytest.mark.parametrize("method", ["globalopt", "ike"])
+def test_each_method_ships_a_model_that_rewards_agreement_and_penalises_border_contact(method):
+    model = load_model(method)
+    assert model is not None and model.method == method and "DAVIS 2016 val" in model.fitted_on
+    base = {n: np.array([0.8]) for n in model.frame.weights}
+    base["border"] = np.array([0.0])
+    for name, step in (("stage_iou", 0.15), ("temporal_iou", 0.15), ("refine_iou", 0.15), ("border", -0.15)):
+        if name in base:
+            moved = dict(base, **{name: base[name] + step})
+            assert model.frames(moved)[0] >= model.frames(base)[0], name
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +77,15 @@ def runs(tmp_path_factory):
     vids = {"steady": make_video(frames=6, size=(48, 64), seed=2),
             "still": make_video(frames=6, size=(48, 64), obj_velocity=(0.0, 0.0), bg_velocity=(0.0, 0.0), seed=3)}
     root = write_davis_fixture(tmp / "D", vids)
-    model = QualityModel("globalopt", LogisticModel(-8.0, {"temporal_iou": 8.0, "stage_iou": 4.0}),
-                         LogisticModel(-8.0, {"temporal_iou": 8.0, "stage_iou": 4.0}))
+    model = QualityModel("globalopt", LogisticModel(-8.0, {"temporal_iou": 8.0, "stage_iou": 4.0}))
     original = quality.load_model
-    quality.load_model = lambda method: model
     try:
+        quality.load_model = lambda method: model
         make_run(root, tmp / "with")
+        quality.load_model = lambda method: None  # as for a method without a fitted model: signals, no estimate
+        make_run(root, tmp / "without")
     finally:
         quality.load_model = original
-    make_run(root, tmp / "without")  # no model shipped for it: signals, no estimate
     return tmp
 
 
@@ -72,7 +96,7 @@ def test_every_frame_and_sequence_stores_its_signals_and_estimate(runs):
         assert 0 <= row["quality"] <= 1 and {"area_cv", *FRAME_SIGNALS} <= set(json.loads(row["quality_signals"]))
         masks = store.read_masks(sequence=name)
         q = masks.column("quality").to_pylist()
-        assert len(q) == 6 and all(0 <= v <= 1 for v in q)
+        assert len(q) == 6 and all(0 <= v <= 1 for v in q) and row["quality"] == pytest.approx(np.mean(q), abs=1e-6)
         assert set(json.loads(masks.column("quality_signals")[0].as_py())) == set(FRAME_SIGNALS)
     plain = RunStore(str(runs / "without")).read_metrics()
     assert all(r["quality"] is None and r["quality_signals"] for r in plain)

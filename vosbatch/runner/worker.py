@@ -150,8 +150,8 @@ def estimate_quality(method: str, signals: Dict[str, np.ndarray], row: Dict):
     model = load_model(method)
     frames = None
     if model is not None:
-        frames = model.frame.predict(signals).astype(np.float32)
-        row["quality"] = float(model.sequence.predict({k: np.asarray(v) for k, v in seq_signals.items()}))
+        frames = model.frames(signals).astype(np.float32)
+        row["quality"] = model.sequence(frames)
     names = list(signals)
     per_frame = [json.dumps({k: round(float(signals[k][t]), 5) for k in names}) for t in range(len(signals[names[0]]))]
     return frames, per_frame
