@@ -163,3 +163,20 @@ def test_a_gpu_actor_holds_two_sequences_and_gives_a_cpu_run_s_masks(tmp_path):
     assert info["job"]["gpus"] == 1 and info["job"]["cpus_per_gpu"] == 2 and info["sequences_ok"] == 3
     a, b = RunStore(str(tmp_path / "cpu")).read_masks(), RunStore(str(tmp_path / "gpu")).read_masks()
     assert a.column("mask_png").to_pylist() == b.column("mask_png").to_pylist()
+
+
+@pytest.mark.ray
+def test_an_actor_with_several_cpus_runs_the_crf_in_processes_and_exits_quietly(tmp_path):
+    """Two CPUs per actor: the CRF runs in worker processes, which the actor stops before Ray tears it down
+    (killed first, they would leave resource-tracker warnings and tracebacks in the user's terminal)."""
+    from vosbatch.io.store import RunStore
+    from support.cli import run_cli
+    from support.synthetic import write_davis_fixture
+
+    root = write_davis_fixture(tmp_path / "D", {f"s{i}": make_video(frames=8, size=(64, 96), seed=40 + i) for i in range(2)})
+    res = run_cli("submit", "--data-root", root, "--output", tmp_path, "--run-id", "r", "--workers", "1",
+                  "--cpus-per-worker", "2", "--no-progress", "--work-height", "64", "-p", "spectral.grid_stride=4")
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out and "resource_tracker" not in out, out[-2000:]
+    info = RunStore(str(tmp_path / "r")).read_run_info()
+    assert info["sequences_ok"] == 2 and info["job"]["cpus_per_worker"] == 2

@@ -2,19 +2,20 @@
 
 A GPU actor keeps CPUs for what stays on the CPU (decoding, DIS flow, the dense CRF, the smoother,
 PNG encoding). Work that releases the GIL (OpenCV's filters and DIS) runs in threads; pydensecrf holds
-the GIL, so the CRF runs in worker processes. With one CPU (the default) everything runs in order, in
-this process.
+the GIL, so the CRF runs in worker processes: loky's reusable executor (through joblib, which scikit-learn
+brings), because once joblib is imported its semaphores share the standard library's resource tracker,
+and a ``ProcessPoolExecutor`` then makes that tracker print a KeyError for each of them at exit. With one
+CPU (the default) everything runs in order, in this process.
 """
 from __future__ import annotations
 
 import atexit
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Iterable, List, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 _workers = 1
-_processes: Optional[ProcessPoolExecutor] = None
+_processes: Optional[Executor] = None
 _threads: Optional[ThreadPoolExecutor] = None
 
 
@@ -48,7 +49,9 @@ def process_map(fn: Callable[..., T], items: Iterable) -> List[T]:
     if _workers == 1 or len(items) < 2:
         return [fn(x) for x in items]
     if _processes is None:
-        _processes = ProcessPoolExecutor(_workers, mp_context=multiprocessing.get_context("spawn"))
+        from joblib.externals.loky import get_reusable_executor
+
+        _processes = get_reusable_executor(max_workers=_workers, reuse=False)
     return list(_processes.map(fn, items))
 
 
@@ -59,11 +62,19 @@ def chunks(n_items: int, parts: int) -> List[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-@atexit.register
 def shutdown() -> None:
-    global _processes, _threads
+    """Stop the pools (a change of CPU count). At exit only the threads are stopped here: loky stops its
+    own workers, and stopping them again from an atexit hook races its resource tracker's exit."""
+    global _processes
     if _processes is not None:
-        _processes.shutdown(cancel_futures=True)
+        _processes.shutdown(wait=True)
+    _processes = None
+    _shutdown_threads()
+
+
+@atexit.register
+def _shutdown_threads() -> None:
+    global _threads
     if _threads is not None:
         _threads.shutdown(cancel_futures=True)
-    _processes = _threads = None
+    _threads = None

@@ -62,6 +62,13 @@ class _Actor:
     def pid(self) -> int:
         return os.getpid()
 
+    def close(self) -> None:
+        """Stop the CPU worker processes now: at Ray's teardown they and their resource tracker are killed
+        before the actor's exit hooks run, which then warn about them."""
+        from ..ops.parallel import shutdown
+
+        shutdown()
+
     def process(self, seq: Sequence, retries: int = 0) -> Dict:
         from .progress import SequenceProgress
         from .worker import process_sequence
@@ -343,6 +350,8 @@ def run_sequences(
             if on_result:
                 on_result(row)
             submit(actor)
+        closing = [a.close.remote() for a in {*actors, *replaced.values()}]
+        ray.wait(closing, num_returns=len(closing), timeout=30)
     finally:
         flush_events()
         stats.wall_s = time.perf_counter() - t_start
