@@ -310,13 +310,11 @@ def _run_means(run_uri: str):
     from vosbatch.compare import is_scored, load_run_metrics
 
     try:
-        rows = list(load_run_metrics(run_uri).rows.values())
+        run = load_run_metrics(run_uri)
     except Exception:  # noqa: BLE001 - only for the summary line
         return None, None
-    ok = [r for r in rows if is_scored(r)]
-    quality = [r["quality"] for r in rows if r.get("status") == "ok" and r.get("quality") is not None]
-    return (sum((r["j_mean"] + r["f_mean"]) / 2 for r in ok) / len(ok) if ok else None,
-            sum(quality) / len(quality) if quality else None)
+    ok = [r for r in run.rows.values() if is_scored(r)]
+    return sum((r["j_mean"] + r["f_mean"]) / 2 for r in ok) / len(ok) if ok else None, run.mean_quality()
 
 
 def format_summary(results: List[DatasetResult]) -> str:

@@ -280,8 +280,7 @@ def compare_runs(run_a: RunView, run_b: RunView) -> Comparison:
     # the estimated J (quality) over the sequences both runs finished: a corpus's only quality signal
     both_ok = [k for k in keys if (run_a.rows.get(k) or {}).get("status") == "ok" and (run_b.rows.get(k) or {}).get("status") == "ok"]
     for side, run in (("a", run_a), ("b", run_b)):
-        values = [run.rows[k].get("quality") for k in both_ok]
-        cmp.overall[f"quality_{side}"] = float(np.mean(values)) if values and all(_finite(v) for v in values) else None
+        cmp.overall[f"quality_{side}"] = run.mean_quality(both_ok)
     cmp.overall["d_quality"] = _delta(cmp.overall["quality_a"], cmp.overall["quality_b"])
     if not cmp.scored:
         both = [s for s in seqs if s.status_a == "ok" and s.status_b == "ok"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from typing import Dict, Mapping, Optional
 
@@ -147,8 +148,10 @@ class QualityModel:
         return cls(d["method"], LogisticModel(**d["frame"]), d.get("fitted_on", ""))
 
 
+@lru_cache(maxsize=None)
 def load_model(method: str) -> Optional[QualityModel]:
-    """The shipped model of ``method`` (None when none was fitted: the run then has no estimate)."""
+    """The shipped model of ``method`` (None when none was fitted: the run then has no estimate); read once
+    per process, not once per sequence."""
     try:
         text = resources.files("vosbatch").joinpath("quality_models", f"{method}.json").read_text()
     except (FileNotFoundError, OSError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..errors import InputError
 from .store import RunStore
@@ -35,6 +35,13 @@ class RunView:
 
     def ok_rows(self) -> List[dict]:
         return [r for r in self.rows.values() if r.get("status") == "ok" and finite(r.get("j_mean"))]
+
+    def mean_quality(self, keys: Optional[Iterable[Key]] = None) -> Optional[float]:
+        """Mean estimated J over the finished sequences (or ``keys``); None when any lacks one (a run made
+        before the estimate, or a method without a model): a mean over part of a run would mislead."""
+        rows = [self.rows[k] for k in keys] if keys is not None else self.rows.values()
+        values = [r.get("quality") for r in rows if r.get("status") == "ok"]
+        return sum(values) / len(values) if values and all(finite(v) for v in values) else None
 
 
 def load_run(uri: str, label: str = "", **s3_options) -> RunView:

@@ -46,8 +46,7 @@ def summary(run: RunView) -> Dict[str, Optional[float]]:
         "sequences": len(run.rows), "ok": len(done), "failed": len(run.rows) - len(done), "frames": frames,
         "j_mean": mean("j_mean"), "f_mean": mean("f_mean"), "init_j_mean": mean("init_j_mean"),
         "s_per_frame": seconds / frames if frames else None,
-        "quality": float(np.mean([r["quality"] for r in done])) if done and all(_finite(r.get("quality")) for r in done)
-        else None,  # the estimated J: the only quality signal of a run without ground truth
+        "quality": run.mean_quality(),  # the estimated J: the only quality signal of a run without ground truth
     }
     out["jf_mean"] = (out["j_mean"] + out["f_mean"]) / 2 if out["j_mean"] is not None and out["f_mean"] is not None else None
     return out
