@@ -11,7 +11,7 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -23,7 +23,7 @@ from .flow.base import BidirectionalFlow
 from .flow.cache import cached_flow
 from .methods import get_method
 from .methods.base import MethodInput, MethodOutput
-from .postprocess.binarize import binarize
+from .postprocess.binarize import Guide, binarize
 from .ops.device import resolve_device
 from .progress import report, span
 from .quality import frame_signals
@@ -41,12 +41,12 @@ class SegmentationResult:
     signals: Dict[str, np.ndarray] = field(default_factory=dict)  # quality signals per frame (vosbatch.quality)
 
 
-def binarize_as_configured(cfg: RunConfig, frames: np.ndarray, soft: np.ndarray) -> np.ndarray:
+def binarize_as_configured(cfg: RunConfig, frames: Union[np.ndarray, Guide], soft: np.ndarray) -> np.ndarray:
     """Soft masks on the method's grid -> binary masks at the frames' resolution, as ``cfg`` binarises
     them (colour model, then the refinement: fast global smoother, dense CRF or none; one K-means
     threshold per video). It needs no flow or feature model, so saved soft masks are re-scored without
-    loading any."""
-    H, W = frames.shape[1:3]
+    loading any. ``frames``: the frames, or a :class:`Guide` holding them on the run's device."""
+    H, W = (frames.frames if isinstance(frames, Guide) else frames).shape[1:3]
     return binarize(soft, H, W, seed=cfg.seed, guide=frames, colour_weight=cfg.appearance_weight, refine=cfg.refine)
 
 
@@ -118,10 +118,11 @@ class VideoSegmenter:
         out, seconds, flow = self._method_output(frames, prior)
         t0 = time.perf_counter()
         todo = [(None, out.soft)] + (list(out.stages.items()) if keep_stages else [])
+        guide = Guide(frames, self.device)  # the frames' colours go to the device once for every stage
         binarized = {}
         for i, (name, soft) in enumerate(todo):
             with span(i / len(todo), (i + 1) / len(todo)):
-                binarized[name] = self.binarize(frames, soft, stage=name is not None)
+                binarized[name] = self.binarize(guide, soft, stage=name is not None)
         report("binarize", 1.0)
         masks = binarized.pop(None)
         stages = binarized
@@ -190,7 +191,7 @@ class VideoSegmenter:
             return cached_flow(self.flow, small, self.flow_cache)
         return cached_flow(self.flow, resize_frames(frames, fh, fw), self.flow_cache).resized(h, w)
 
-    def binarize(self, frames: np.ndarray, soft: np.ndarray, stage: bool = False) -> np.ndarray:
+    def binarize(self, frames: Union[np.ndarray, Guide], soft: np.ndarray, stage: bool = False) -> np.ndarray:
         """The output's binarisation, or with ``stage`` an intermediate stage's (``cfg.stage_refine``)."""
         cfg = self.cfg
         if stage and cfg.stage_refine not in (None, cfg.refine):

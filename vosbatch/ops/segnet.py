@@ -96,8 +96,9 @@ def train_and_predict(
     cfg: "NetConfig",
     seed: int = 0,
     device: Optional[torch.device] = None,
-) -> tuple[np.ndarray, dict]:
-    """Train a fresh SegNet on (T,C,h,w) inputs against (T,1,h,w) soft labels; predict every frame.
+) -> tuple[torch.Tensor, dict]:
+    """Train a fresh SegNet on (T,C,h,w) inputs against (T,1,h,w) soft labels; predict every frame: (T,h,w)
+    probabilities on ``device``.
 
     Binary labels are ``soft > threshold`` (the video's own K-means cut). The soft labels should be
     probabilities (above the threshold > 0.5): soft Dice lowers p wherever its target is below Dice/2, so
@@ -148,6 +149,6 @@ def train_and_predict(
     with torch.no_grad():
         for s in range(0, t_len, 8):  # a few frames at a time: bounded activation memory
             preds.append(torch.sigmoid(net(x_all[s:s + 8])))
-    pred = torch.cat(preds)[:, 0].cpu().numpy().astype(np.float32)  # one transfer back
+    pred = torch.cat(preds)[:, 0].float()
     losses = torch.stack(losses).cpu().numpy()
     return pred, {"loss_start": float(np.mean(losses[:10])), "loss_end": float(np.mean(losses[-10:]))}

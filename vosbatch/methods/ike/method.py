@@ -50,8 +50,8 @@ def _motion_maps(inp: MethodInput, cfg: IkeConfig) -> Tuple[np.ndarray, torch.Te
     return np.concatenate(parts + [sal[..., None]], -1).astype(np.float32), torch.tensor(weights + [1.0])
 
 
-def _soft_from_eigenvector(x: torch.Tensor, saliency: torch.Tensor) -> np.ndarray:
-    """Unit eigenvector (T,1,h,w) -> soft masks in [0,1].
+def _soft_from_eigenvector(x: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+    """Unit eigenvector (T,1,h,w) -> soft masks (T,h,w) in [0,1], on its device.
 
     An eigenvector's sign is arbitrary; the object is the side that moves against the camera, so
     the sign is chosen to make x correlate positively with the motion saliency (not "the smaller
@@ -65,10 +65,10 @@ def _soft_from_eigenvector(x: torch.Tensor, saliency: torch.Tensor) -> np.ndarra
         x = -x
     x = x.clamp_min(0)[:, 0]
     scale = torch.quantile(x.reshape(x.shape[0], -1), 0.995, dim=1).clamp_min(1e-12)[:, None, None]
-    return (x / scale).clamp(0, 1).cpu().numpy().astype(np.float32)
+    return (x / scale).clamp(0, 1).float()
 
 
-def stage_probabilities(scores: np.ndarray, cut: float, cfg: IkeConfig) -> np.ndarray:
+def stage_probabilities(scores: torch.Tensor, cut: float, cfg: IkeConfig) -> torch.Tensor:
     """A stage's scores -> the soft masks the method outputs (probabilities): centred at the video's
     K-means cut and sharpened in logit space, so the binarisation reads them as the cut says.
 
@@ -83,14 +83,14 @@ def stage_probabilities(scores: np.ndarray, cut: float, cfg: IkeConfig) -> np.nd
     return centre_at_cut(scores, cfg.sharpness, cut=cut)
 
 
-def _above_cut(soft: np.ndarray, cut: float) -> torch.Tensor:
+def _above_cut(soft: torch.Tensor, cut: float) -> torch.Tensor:
     """A mask as a node feature: (m - cut)₊ rescaled to [0,1], cut = the video's K-means threshold.
 
     The background of a soft mask is rarely exactly 0; a small, nearly constant background level
     would put the flat vector back into the feature span, and the leading eigenvector would then
     spread over the background instead of staying on the object.
     """
-    return torch.from_numpy(np.clip((soft - cut) / max(1e-6, 1.0 - cut), 0, 1).astype(np.float32))[:, None]
+    return ((soft - cut) / max(1e-6, 1.0 - cut)).clamp(0, 1)[:, None]
 
 
 
@@ -138,11 +138,12 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
     for cycle in range(1, cfg.cycles + 1):
         t0 = time.perf_counter()
         # later cycles start from the mean of the net's and the last graph's masks: fewer iterations
-        start = None if cycle == 1 else 0.5 * (torch.from_numpy(soft) + torch.from_numpy(pred))[:, None].to(dev)
+        start = None if cycle == 1 else 0.5 * (soft + pred)[:, None]
         with span((2 * cycle - 2) / steps, (2 * cycle - 1.5) / steps):  # a graph stage: about half a net's time
             soft, res = graph_cycle(warper, [(motion, motion_weights)] + prior + masks, saliency, cfg, cfg.seed + cycle, start)
         cut = kmeans_threshold(soft, seed=cfg.seed)  # the graph's own object/background split
-        stages[f"graph{cycle}"] = stage_probabilities(soft, cut, cfg)
+        graph_prob = stage_probabilities(soft, cut, cfg)
+        stages[f"graph{cycle}"] = graph_prob.cpu().numpy()  # the stage's output: one host copy
         info[f"power_iterations_graph{cycle}"] = float(res.iterations)
         info[f"seconds_graph{cycle}"] = time.perf_counter() - t0
         if cycle == cfg.cycles:
@@ -151,14 +152,13 @@ def ike(inp: MethodInput, cfg: IkeConfig) -> MethodOutput:
         # the net learns the stage as output (probabilities, cut at 0.5): soft Dice would teach a raw score's
         # weak object parts above the cut as background
         with span((2 * cycle - 1.5) / steps, (2 * cycle) / steps):
-            pred, ninfo = train_and_predict(net_inputs, torch.from_numpy(stages[f"graph{cycle}"])[:, None].to(dev), 0.5,
-                                            cfg.net, seed=cfg.seed + cycle, device=dev)
+            pred, ninfo = train_and_predict(net_inputs, graph_prob[:, None], 0.5, cfg.net, seed=cfg.seed + cycle, device=dev)
         pred_cut = kmeans_threshold(pred, seed=cfg.seed)
-        stages[f"net{cycle}"] = stage_probabilities(pred, pred_cut, cfg)
+        stages[f"net{cycle}"] = stage_probabilities(pred, pred_cut, cfg).cpu().numpy()
         info.update({f"net{cycle}_{k}": v for k, v in ninfo.items()})
         info[f"seconds_net{cycle}"] = time.perf_counter() - t0
         # the next graph sees this cycle's graph and net masks (raw scores above their cuts) along the chains
-        masks = [(_above_cut(soft, cut).to(dev), torch.ones(1)), (_above_cut(pred, pred_cut).to(dev), torch.ones(1))]
+        masks = [(_above_cut(soft, cut), torch.ones(1)), (_above_cut(pred, pred_cut), torch.ones(1))]
     soft = stages[f"graph{cfg.cycles}"]
     if cfg.cycles > 1:
         soft = 0.5 * (soft + stages[f"net{cfg.cycles - 1}"])
