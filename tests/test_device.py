@@ -74,6 +74,29 @@ def test_host_transfers_do_not_grow_with_the_window(method, monkeypatch):
     assert counts[0] == counts[1], counts
 
 
+def _soft_on_grid(t: int, seed: int = 4):
+    vid = make_video(frames=t, size=(64, 96), seed=seed)
+    coarse = vid.masks[:, ::4, ::4].astype(np.float32) * 0.7 + 0.15
+    return vid, np.clip(coarse + 0.1 * np.random.default_rng(seed).standard_normal(coarse.shape), 0, 1).astype(np.float32)
+
+
+def test_binarisation_crosses_the_host_boundary_a_fixed_number_of_times(monkeypatch):
+    """Upsampling, the colour model and the K-means cut run where the guide's device is; the frames' colours go
+    there once and the full-size probabilities come back once for the smoother and the CRF, whatever the length."""
+    from vosbatch.postprocess.binarize import Guide, binarize
+
+    counts = []
+    for t in (8, 12):
+        vid, soft = _soft_on_grid(t)
+        guide = Guide(vid.frames, torch.device("cpu"))
+        with monkeypatch.context() as patch:
+            transfers = _Transfers(patch)
+            masks = binarize(soft, 64, 96, guide=guide, colour_weight=2.0, refine="crf")
+            counts.append(transfers.count)
+        assert np.mean([(m & g).sum() / (m | g).sum() for m, g in zip(masks, vid.masks)]) > 0.8
+    assert counts[0] == counts[1], counts
+
+
 def test_device_names():
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
@@ -93,14 +116,11 @@ def test_cuda_agrees_with_the_cpu(method):
     assert np.mean(ious) >= 0.95, ious
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
-@pytest.mark.parametrize("method", ["globalopt", "ike"])
-def test_on_cuda_the_methods_tensors_stay_on_the_gpu(method):
-    """Every tensor an operation makes while the method runs lives on the GPU, except the few host copies
-    a window needs (counted, as above)."""
+def _cpu_ops():
+    """A dispatch mode recording every operation whose result is a CPU tensor of more than one element."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class Devices(TorchDispatchMode):
+    class CpuOps(TorchDispatchMode):
         def __init__(self):
             super().__init__()
             self.cpu_ops = []
@@ -112,6 +132,14 @@ def test_on_cuda_the_methods_tensors_stay_on_the_gpu(method):
                 self.cpu_ops.append(str(func))
             return out
 
+    return CpuOps()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.parametrize("method", ["globalopt", "ike"])
+def test_on_cuda_the_methods_tensors_stay_on_the_gpu(method):
+    """Every tensor an operation makes while the method runs lives on the GPU, except the few host copies
+    a window needs (counted, as above)."""
     m = get_method(method)
     cfg = m.config(SETTINGS[method])
     vid = make_video(frames=8, size=(64, 96), seed=4)
@@ -119,7 +147,7 @@ def test_on_cuda_the_methods_tensors_stay_on_the_gpu(method):
 
     feats = create_features("colour")(vid.frames, m.feature_grid(vid.frames.shape[1:3], cfg)) if m.feature_grid else None
     inp = MethodInput(vid.frames, BidirectionalFlow(vid.forward, vid.backward), feats, device=torch.device("cuda"))
-    with Devices() as mode:
+    with _cpu_ops() as mode:
         m.run(inp, cfg)
     print(sorted(set(mode.cpu_ops)), file=sys.stderr)
     assert len(mode.cpu_ops) < 200, sorted(set(mode.cpu_ops))  # area averaging of the CPU's motion maps, K-means samples
@@ -180,3 +208,17 @@ def test_an_actor_with_several_cpus_runs_the_crf_in_processes_and_exits_quietly(
     assert "Traceback" not in out and "resource_tracker" not in out, out[-2000:]
     info = RunStore(str(tmp_path / "r")).read_run_info()
     assert info["sequences_ok"] == 2 and info["job"]["cpus_per_worker"] == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_on_cuda_the_binarisation_s_arithmetic_stays_on_the_gpu_and_agrees_with_the_cpu():
+    """Upsampling, colour model and K-means cut on the GPU (``refine="none"``: nothing of OpenCV's), with the
+    CPU's masks to within a few boundary pixels (the GPU's exp and log round differently)."""
+    from vosbatch.postprocess.binarize import Guide, binarize
+
+    vid, soft = _soft_on_grid(8)
+    cpu = binarize(soft, 64, 96, guide=Guide(vid.frames, torch.device("cpu")), colour_weight=2.0, refine="none")
+    with _cpu_ops() as mode:
+        gpu = binarize(soft, 64, 96, guide=Guide(vid.frames, torch.device("cuda")), colour_weight=2.0, refine="none")
+    assert len(mode.cpu_ops) < 10, mode.cpu_ops  # the copies in (soft, Lab, K-means samples) and the mask out
+    assert (cpu != gpu).mean() < 1e-3

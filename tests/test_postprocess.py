@@ -43,9 +43,16 @@ def test_the_exact_two_means_is_the_best_split_and_agrees_with_lloyds_iterations
     cases = [np.where(vid.masks, 0.8, 0.1) + 0.1 * rng.standard_normal(vid.masks.shape),
              rng.beta(0.3, 0.9, (30, 120, 160)),  # 576,000 values: the 200,000 samples are drawn
              np.linspace(0, 1, 50_000) ** 3]
+    def within_squares(values, cut):
+        lo, hi = values[values <= cut], values[values > cut]
+        return ((lo - lo.mean()) ** 2).sum() + ((hi - hi.mean()) ** 2).sum()
+
     for soft in cases:
         soft = np.clip(soft, 0, 1).astype(np.float32)
-        assert kmeans_threshold(soft) == pytest.approx(_sklearn_kmeans_threshold(soft), abs=2e-3)
+        ours, lloyd = kmeans_threshold(soft), _sklearn_kmeans_threshold(soft)
+        assert ours == pytest.approx(lloyd, abs=2e-3)
+        values = soft.reshape(-1).astype(np.float64)
+        assert within_squares(values, ours) <= within_squares(values, lloyd) * (1 + 1e-9)
         assert kmeans_threshold(torch.from_numpy(soft)) == kmeans_threshold(soft)
 
 
