@@ -204,6 +204,25 @@ def test_net_training_is_deterministic_and_learns():
     assert _iou(a, vid.masks) > 0.6  # appearance alone separates the textured object
 
 
+def test_net_in_half_precision_as_on_a_gpu_learns_the_same_object(monkeypatch):
+    """On a GPU the network runs under bfloat16 autocast. The same code path, run here under the CPU's
+    autocast, still trains (finite, falling loss), returns float32 probabilities and finds the object it finds
+    in float32."""
+    import vosbatch.ops.segnet as segnet
+
+    vid = make_video(frames=6, size=(32, 48), obj_size=(7, 10), seed=5)
+    x = torch.from_numpy(vid.frames.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(vid.masks.astype(np.float32))[:, None]
+    cfg = NetConfig(width=8, steps=60, batch=3, lr=1e-2)
+    full, _ = train_and_predict(x, y, 0.5, cfg, seed=1, device=torch.device("cpu"))
+    monkeypatch.setattr(segnet, "HALF_PRECISION_DEVICES", ("cpu",))
+    half, info = train_and_predict(x, y, 0.5, cfg, seed=1, device=torch.device("cpu"))
+    assert half.dtype == torch.float32 and not torch.equal(half, full)  # it did run in bfloat16
+    assert np.isfinite(info["loss_end"]) and info["loss_end"] < info["loss_start"]
+    a, b = half.numpy() > 0.5, full.numpy() > 0.5
+    assert (a & b).sum() / (a | b).sum() > 0.9 and _iou(half.numpy(), vid.masks) > 0.6
+
+
 def test_net_keeps_a_weak_object_part_when_taught_probabilities():
     """Soft Dice pushes a prediction down wherever its target is below Dice/2. Taught the graph's raw
     score, an object part the graph scores weakly (0.3, above the cut 0.2: a cow's head) is background to

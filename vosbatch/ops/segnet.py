@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # the settings live with IKE's, which a driver reads without 
 from .device import resolve_device
 from .grid import area_to_grid
 
+# The network's forward passes run in bfloat16 on these devices (autocast; the losses, the optimiser's state
+# and the predictions stay float32). bfloat16 has float32's range, so training needs no loss scaling.
+HALF_PRECISION_DEVICES = ("cuda",)
+
 
 class ResBlock(nn.Module):
     def __init__(self, channels: int, dilation: int = 1) -> None:
@@ -127,6 +131,7 @@ def train_and_predict(
     # rewards p > 0 wherever its target is > 0, against the CE term's hard background.
     y_all = soft_labels.to(device) * hard_all
     t_len = inputs.shape[0]
+    half = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type in HALF_PRECISION_DEVICES)
     losses = []
     net.train()
     for _ in range(cfg.steps):
@@ -134,7 +139,8 @@ def train_and_predict(
         x, y, hard = x_all[idx], y_all[idx], hard_all[idx]
         if bool(torch.rand(1, generator=gen) < 0.5):  # horizontal flip: the object's side is not a cue
             x, y, hard = x.flip(-1), y.flip(-1), hard.flip(-1)
-        logits = net(x.contiguous(memory_format=torch.channels_last))
+        with half:
+            logits = net(x.contiguous(memory_format=torch.channels_last)).float()
         loss = (cfg.ce_weight * F.binary_cross_entropy_with_logits(logits, hard)
                 + cfg.dice_weight * soft_dice_loss(logits, y))
         opt.zero_grad(set_to_none=True)
@@ -146,9 +152,9 @@ def train_and_predict(
             report("method", len(losses) / cfg.steps)
     net.eval()
     preds = []
-    with torch.no_grad():
+    with torch.no_grad(), half:
         for s in range(0, t_len, 8):  # a few frames at a time: bounded activation memory
-            preds.append(torch.sigmoid(net(x_all[s:s + 8])))
+            preds.append(torch.sigmoid(net(x_all[s:s + 8]).float()))
     pred = torch.cat(preds)[:, 0].float()
     losses = torch.stack(losses).cpu().numpy()
     return pred, {"loss_start": float(np.mean(losses[:10])), "loss_end": float(np.mean(losses[-10:]))}
