@@ -2,9 +2,10 @@
 
 A GPU actor keeps CPUs for what stays on the CPU (decoding, DIS flow, the dense CRF, the smoother,
 PNG encoding). Work that releases the GIL (OpenCV's filters and DIS) runs in threads; pydensecrf holds
-the GIL, so the CRF runs in worker processes: loky's reusable executor (through joblib, which scikit-learn
-brings), because once joblib is imported its semaphores share the standard library's resource tracker,
-and a ``ProcessPoolExecutor`` then makes that tracker print a KeyError for each of them at exit. With one
+the GIL, so the CRF runs in worker processes: loky's reusable executor (through joblib), because once
+joblib is imported (scikit-learn and many other libraries a caller may use import it) its semaphores share
+the standard library's resource tracker, and a ``ProcessPoolExecutor`` then makes that tracker print a
+KeyError for each of them at exit. With one
 CPU (the default) everything runs in order, in this process.
 """
 from __future__ import annotations
