@@ -2,9 +2,9 @@
 """Fit and check the quality estimate (vosbatch.quality) of one method on a run with ground truth.
 
 Reads a finished DAVIS run of the method (its masks' quality signals, its J), computes each frame's J
-against the ground truth, fits the frame model (a logistic function of a few signals, least squares on J, each
-weight held to the sign its signal was chosen for; a sequence's estimate is the mean of its frames') and reports, leave-one-sequence-out (every sequence
-predicted by a model fitted on the others' frames):
+against the ground truth, fits the frame model (a logistic function of a few signals, least squares on J,
+each weight held to the sign its signal was chosen for; a sequence's estimate is the mean of its frames')
+and reports, leave-one-sequence-out (every sequence predicted by a model fitted on the others' frames):
 
 * per-sequence Spearman ρ between predicted and true J, and the mean absolute error;
 * per-frame Spearman ρ;

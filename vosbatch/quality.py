@@ -28,10 +28,10 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .flow.base import BidirectionalFlow, resize_flow
 from .flow.reliability import consistency_reliability
+from .ops.grid import bilinear_resize
 from .ops.warp import backward_warp
 
 FRAME_SIGNALS = ("stage_iou", "temporal_iou", "refine_iou", "area", "border", "unreliable_flow")
@@ -55,10 +55,7 @@ def _first_stage(stages: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
 
 
 def _on_grid(x: np.ndarray, hw) -> np.ndarray:
-    if x.shape[1:] == tuple(hw):
-        return x
-    t = torch.from_numpy(np.ascontiguousarray(x, np.float32))[:, None]
-    return F.interpolate(t, size=tuple(hw), mode="bilinear", align_corners=False)[:, 0].numpy()
+    return x if x.shape[1:] == tuple(hw) else bilinear_resize(np.asarray(x, np.float32), hw).numpy()
 
 
 def frame_signals(soft: np.ndarray, stages: Mapping[str, np.ndarray], flow: BidirectionalFlow,

@@ -1,7 +1,7 @@
 """Per-pixel maps onto a method's coarse grid (the spectral grid, the optimisation grid, IKE's graph)."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,3 +26,13 @@ def area_to_grid(maps: np.ndarray, hw: Tuple[int, int]) -> torch.Tensor:
     out = num / den.clamp_min(1e-6)
     out[den < 0.5] = float("nan")
     return out
+
+
+def bilinear_resize(stack: Union[np.ndarray, torch.Tensor], hw: Tuple[int, int],
+                    device: Optional[torch.device] = None) -> torch.Tensor:
+    """Bilinear resampling of a (T,h,w) stack (soft masks, logits) to (T,*hw), keeping its dtype; on ``device``
+    (default: where the stack is; an array becomes a CPU tensor)."""
+    t = stack if torch.is_tensor(stack) else torch.from_numpy(np.ascontiguousarray(stack))
+    if device is not None:
+        t = t.to(device)
+    return F.interpolate(t[:, None], size=tuple(hw), mode="bilinear", align_corners=False)[:, 0]

@@ -5,8 +5,7 @@ PNG encoding). Work that releases the GIL (OpenCV's filters and DIS) runs in thr
 the GIL, so the CRF runs in worker processes: loky's reusable executor (through joblib), because once
 joblib is imported (scikit-learn and many other libraries a caller may use import it) its semaphores share
 the standard library's resource tracker, and a ``ProcessPoolExecutor`` then makes that tracker print a
-KeyError for each of them at exit. With one
-CPU (the default) everything runs in order, in this process.
+KeyError for each of them at exit. With one CPU (the default) everything runs in order, in this process.
 """
 from __future__ import annotations
 

@@ -155,6 +155,6 @@ def train_and_predict(
     with torch.no_grad(), half:
         for s in range(0, t_len, 8):  # a few frames at a time: bounded activation memory
             preds.append(torch.sigmoid(net(x_all[s:s + 8]).float()))
-    pred = torch.cat(preds)[:, 0].float()
+    pred = torch.cat(preds)[:, 0]
     losses = torch.stack(losses).cpu().numpy()
     return pred, {"loss_start": float(np.mean(losses[:10])), "loss_end": float(np.mean(losses[-10:]))}

@@ -10,13 +10,14 @@ full-size probabilities come back to the host once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import REFINEMENTS
+from ..ops.grid import bilinear_resize
 from .colour_model import colour_bins, colour_model_refine
 from .crf import CRFParams, crf_refine
 from .refine import smoother_refine
@@ -31,24 +32,14 @@ class Guide:
 
     frames: np.ndarray
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    _bins: Optional[torch.Tensor] = field(default=None, repr=False)
 
+    @cached_property
     def colour_bins(self) -> torch.Tensor:
-        if self._bins is None:
-            self._bins = colour_bins(self.frames, device=self.device)
-        return self._bins
+        return colour_bins(self.frames, device=self.device)
 
 
-def _tensor(x: Array, device: Optional[torch.device] = None) -> torch.Tensor:
-    t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    return t.to(device) if device is not None else t
-
-
-def upsample(soft: Array, height: int, width: int, device: Optional[torch.device] = None) -> torch.Tensor:
-    """Bilinear upsampling of soft masks (T,h,w) to (T,height,width), float32, on ``device`` (default: where
-    ``soft`` is)."""
-    t = _tensor(soft, device).float()[:, None]
-    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+def _tensor(x: Array) -> torch.Tensor:
+    return x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x, np.float32))
 
 
 def two_means_1d(values: torch.Tensor) -> tuple[float, float]:
@@ -129,9 +120,9 @@ def binarize(
         raise ValueError(f"unknown refinement {refine!r}; choose from {', '.join(REFINEMENTS)}")
     if guide is not None and not isinstance(guide, Guide):
         guide = Guide(guide)
-    full = upsample(soft, height, width, guide.device if guide is not None else None)
+    full = bilinear_resize(_tensor(soft).float(), (height, width), guide.device if guide is not None else None)
     if guide is not None and colour_weight > 0:
-        full = colour_model_refine(guide.colour_bins(), full, weight=colour_weight)
+        full = colour_model_refine(guide.colour_bins, full, weight=colour_weight)
     if guide is None or refine == "none":
         return (full > kmeans_threshold(full, seed=seed)).cpu().numpy()
     full = smoother_refine(guide.frames, full.cpu().numpy())  # OpenCV: the one transfer to the host

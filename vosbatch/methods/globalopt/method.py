@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ...flow.base import resize_flow
 from ...flow.reliability import photometric_reliability
-from ...ops.grid import area_to_grid
+from ...ops.grid import area_to_grid, bilinear_resize
 from ...ops.motion import frame_motion, motion_saliency, per_frame_motion
 from ...ops.spectral import affinity, bipartition_soft, second_eigenvector
 from ...ops.warp import backward_warp
@@ -195,9 +195,6 @@ def _optimise_on(init: np.ndarray, inp: MethodInput, reliability, hw: Tuple[int,
                     cfg.lam, cfg.lbfgs_max_iter, cfg.warp_weight, start, inp.device)
 
 
-def _upsample(x: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
-    return F.interpolate(torch.from_numpy(x)[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0].numpy()
-
 
 def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     """Spectral initialisation + Eq. (1) global optimisation; soft masks on the optimisation grid."""
@@ -208,7 +205,7 @@ def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
         init, info = initial_masks(inp, cfg)
     info["seconds_init"] = time.perf_counter() - t0
     hw = (max(2, H // oc.stride), max(2, W // oc.stride))
-    init_o = _upsample(init, hw)
+    init_o = bilinear_resize(init, hw).numpy()
     if not oc.enabled:
         return MethodOutput(init_o, {"init": init_o}, info)
     t0 = time.perf_counter()
@@ -218,7 +215,7 @@ def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     if oc.coarse_to_fine and init.shape[1:] != hw:
         with span(0.4, 0.5):
             _, coarse = _optimise_on(init, inp, reliability, init.shape[1:], oc)
-        start = _upsample(coarse["logits"], hw)
+        start = bilinear_resize(coarse["logits"], hw).numpy()
     with span(0.5, 1.0):
         soft, oinfo = _optimise_on(init_o, inp, reliability, hw, oc, start)
     oinfo.pop("logits")
