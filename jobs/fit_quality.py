@@ -37,12 +37,13 @@ from vosbatch.metrics.davis import jaccard
 from vosbatch.quality import LogisticModel, QualityModel
 
 # The model's inputs, chosen before fitting for a stated reason (vosbatch.quality's docstring): agreement of the
-# method with itself, in time, and with its refinement; a mask covering the frame's border is usually background.
-FRAME_INPUTS = ("stage_iou", "temporal_iou", "refine_iou", "border")
+# method with itself, in time, and with its refinement; a mask covering the frame's border is usually background;
+# a frame that splits badly has no clear object (the method's own spectral cut, where it has one: globalopt).
+FRAME_INPUTS = ("stage_iou", "temporal_iou", "refine_iou", "border", "spectral_cut")
 BASELINE_INPUTS = ("stage_iou",)
 # The direction each input may move the estimate, fixed by the reason it was chosen: correlated inputs fitted on 20
 # videos can otherwise trade weights and give one a sign that would reward disagreement.
-SIGNS = {"stage_iou": 1, "temporal_iou": 1, "refine_iou": 1, "border": -1}
+SIGNS = {"stage_iou": 1, "temporal_iou": 1, "refine_iou": 1, "border": -1, "spectral_cut": -1}
 RIDGE = 1e-2  # L2 penalty on the weights: a few inputs, 20 sequences
 
 
@@ -84,6 +85,11 @@ def load(run: str, data_root: str) -> Tuple[List[Dict], List[Dict]]:
             frames.append({"sequence": name, "j": j, **json.loads(r["quality_signals"])})
         sequences.append({"sequence": name, "j": row["j_mean"]})
     return sequences, frames
+
+
+def model_inputs(frames: List[Dict]) -> Tuple[str, ...]:
+    """FRAME_INPUTS that the run's method computes (a method-specific signal exists only for its method)."""
+    return tuple(n for n in FRAME_INPUTS if n in frames[0])
 
 
 def _fit_frames(frames: List[Dict], inputs: Sequence[str]) -> LogisticModel:
@@ -129,7 +135,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         seq_mean = [np.mean([f[name] for f in frames if f["sequence"] == s["sequence"]]) for s in sequences]
         print(f"  signal {name:16s} Spearman rho with J: sequences {spearmanr(seq_mean, seq_j)[0]:+.3f}, "
               f"frames {spearmanr([f[name] for f in scored], [f['j'] for f in scored])[0]:+.3f}")
-    report = {"method": method, "run": args.run, "inputs": list(FRAME_INPUTS), "model": loso(sequences, frames, FRAME_INPUTS),
+    inputs = model_inputs(frames)
+    report = {"method": method, "run": args.run, "inputs": list(inputs), "model": loso(sequences, frames, inputs),
               "baseline_stage_agreement": loso(sequences, frames, BASELINE_INPUTS)}
     for label in ("model", "baseline_stage_agreement"):
         r = report[label]
@@ -139,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"against {r['mean_j_all']:.4f}")
     if args.other:
         other_s, other_f = load(args.other, args.data_root)
-        other = loso(other_s, other_f, FRAME_INPUTS)["predictions"]
+        other = loso(other_s, other_f, model_inputs(other_f))["predictions"]
         mine = report["model"]["predictions"]
         j_mine = {s["sequence"]: s["j"] for s in sequences}
         j_other = {s["sequence"]: s["j"] for s in other_s}
@@ -152,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("choice by estimate:", json.dumps(report["choice"]))
     if args.write:
         info = RunStore(args.run).read_run_info()
-        model = QualityModel(method, _fit_frames(frames, FRAME_INPUTS),
+        model = QualityModel(method, _fit_frames(frames, inputs),
                              f"DAVIS 2016 val, {len(sequences)} sequences, run {info.get('run_id')} at "
                              f"{str((info.get('code') or {}).get('git_commit'))[:7]}")
         args.write.parent.mkdir(parents=True, exist_ok=True)

@@ -147,7 +147,7 @@ def test_photometric_warp_weights_stop_wrong_flow_dragging_the_masks():
     flow = BidirectionalFlow(fwd, bwd)
     cfg = get_method("globalopt").config({"spectral.grid_stride": 4})
     feats = create_features("colour")(vid.frames, feature_grid(vid.frames.shape[1:3], cfg))
-    init, _ = initial_masks(MethodInput(vid.frames, flow, feats), cfg)
+    init, _, _ = initial_masks(MethodInput(vid.frames, flow, feats), cfg)
     init = torch.nn.functional.interpolate(torch.from_numpy(init)[:, None], size=(64, 96), mode="bilinear")[:, 0].numpy()
     rel = photometric_reliability(vid.frames, flow)
     scores = {}

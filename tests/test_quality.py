@@ -36,6 +36,19 @@ def test_signals_tell_a_consistent_mask_from_a_flickering_one():
     assert seq["area_cv"] < 0.1 and seq["temporal_iou"] == pytest.approx(s_good["temporal_iou"].mean())
 
 
+def test_a_method_s_own_signals_pass_through_and_unknown_or_misshapen_ones_are_refused():
+    vid = make_video(frames=5, size=(32, 48), seed=4)
+    flow = BidirectionalFlow(vid.forward, vid.backward)
+    soft = vid.masks.astype(np.float32)
+    cut = np.linspace(0.1, 0.5, 5)
+    out = frame_signals(soft, {}, flow, vid.masks, {"spectral_cut": cut})
+    assert np.array_equal(out["spectral_cut"], cut) and set(out) == {*FRAME_SIGNALS, "spectral_cut"}
+    with pytest.raises(ValueError, match="eigengap"):
+        frame_signals(soft, {}, flow, vid.masks, {"eigengap": cut})
+    with pytest.raises(ValueError, match="shape"):
+        frame_signals(soft, {}, flow, vid.masks, {"spectral_cut": cut[:4]})
+
+
 def test_stage_agreement_is_with_the_first_motion_only_stage():
     """IKE's later graphs and nets learn from each other, so the output is compared with graph1."""
     vid = make_video(frames=6, size=(48, 64), obj_size=(10, 14), seed=4)
@@ -97,7 +110,10 @@ def test_every_frame_and_sequence_stores_its_signals_and_estimate(runs):
         masks = store.read_masks(sequence=name)
         q = masks.column("quality").to_pylist()
         assert len(q) == 6 and all(0 <= v <= 1 for v in q) and row["quality"] == pytest.approx(np.mean(q), abs=1e-6)
-        assert set(json.loads(masks.column("quality_signals")[0].as_py())) == set(FRAME_SIGNALS)
+        # globalopt adds its spectral cut, one value per frame, each a relaxed normalised cut in [0, 2]
+        frame_rows = [json.loads(v.as_py()) for v in masks.column("quality_signals")]
+        assert set(frame_rows[0]) == {*FRAME_SIGNALS, "spectral_cut"}
+        assert all(0.0 <= r["spectral_cut"] <= 2.0 for r in frame_rows)
     plain = RunStore(str(runs / "without")).read_metrics()
     assert all(r["quality"] is None and r["quality_signals"] for r in plain)
 

@@ -30,6 +30,18 @@ def test_power_iteration_matches_dense_eigensolver():
         wv = (a / d[:, None]) @ got
         lam = wv @ got
         assert np.linalg.norm(wv - lam * got) < 1e-3
+        assert abs(float(res.eigenvalues[0]) - w[-2]) < 1e-6  # λ₂, what the relaxed normalised cut is read from
+
+
+def test_the_relaxed_cut_is_small_for_two_separate_groups_and_large_for_one_blob():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)) * 0.3
+    x[:20, 0] += 3.0  # a group of 20 far from the other 40
+    apart = np.exp(-((x[:, None] - x[None]) ** 2).sum(-1))
+    blob = np.exp(-((x[:, None, 1:] - x[None, :, 1:]) ** 2).sum(-1))  # the same nodes without the separating axis
+    res = second_eigenvector(torch.from_numpy(np.stack([apart, blob])), tol=1e-10, max_iter=5000)
+    cut = 1.0 - res.eigenvalues.numpy()
+    assert cut[0] < 0.05 < 0.5 < cut[1], cut
 
 
 def test_iteration_cap_is_respected():

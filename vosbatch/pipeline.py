@@ -128,7 +128,7 @@ class VideoSegmenter:
         stages = binarized
         seconds["binarize"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        signals = frame_signals(out.soft, out.stages, flow, masks)
+        signals = frame_signals(out.soft, out.stages, flow, masks, out.signals)
         seconds["quality"] = time.perf_counter() - t0
         return SegmentationResult(masks, out.soft, stages, seconds, dict(out.info), signals)
 

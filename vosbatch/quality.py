@@ -15,7 +15,10 @@ Signals (per frame; a sequence takes their means, plus the spread of its masks' 
   refinement changed it);
 * ``area``: the share of the frame the mask covers (empty and full masks are suspect);
 * ``border``: the share of the frame's border the mask covers (objects are framed away from the edges);
-* ``unreliable_flow``: the share of pixels whose forward and backward flow disagree.
+* ``unreliable_flow``: the share of pixels whose forward and backward flow disagree;
+* ``spectral_cut`` (globalopt): the relaxed normalised cut 1 − λ₂ of the frame's affinity, from the
+  method's own eigen-solve (:mod:`vosbatch.ops.spectral`): a frame with no clean split into object and
+  background has no clear object to find.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from .ops.grid import bilinear_resize
 from .ops.warp import backward_warp
 
 FRAME_SIGNALS = ("stage_iou", "temporal_iou", "refine_iou", "area", "border", "unreliable_flow")
+METHOD_SIGNALS = ("spectral_cut",)  # what a method may add (MethodOutput.signals)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -59,9 +63,10 @@ def _on_grid(x: np.ndarray, hw) -> np.ndarray:
 
 
 def frame_signals(soft: np.ndarray, stages: Mapping[str, np.ndarray], flow: BidirectionalFlow,
-                  masks: np.ndarray) -> Dict[str, np.ndarray]:
+                  masks: np.ndarray, method_signals: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
     """The signals of each frame of a window: ``soft`` (T,h,w) the method's output on its grid, ``stages`` its
-    intermediate soft masks, ``flow`` on the working grid, ``masks`` (T,H,W) bool the binarised output."""
+    intermediate soft masks, ``flow`` on the working grid, ``masks`` (T,H,W) bool the binarised output,
+    ``method_signals`` the method's own (METHOD_SIGNALS), passed through."""
     t_len, h, w = soft.shape
     fg = soft > 0.5
     out: Dict[str, np.ndarray] = {}
@@ -91,6 +96,10 @@ def frame_signals(soft: np.ndarray, stages: Mapping[str, np.ndarray], flow: Bidi
     bad[:-1] += 1.0 - rel.forward.reshape(t_len - 1, -1).mean(1)
     bad[1:] += 1.0 - rel.backward.reshape(t_len - 1, -1).mean(1)
     out["unreliable_flow"] = bad / count.clip(1)
+    for name, values in (method_signals or {}).items():
+        if name not in METHOD_SIGNALS or np.shape(values) != (t_len,):
+            raise ValueError(f"method signal {name!r} {np.shape(values)}: need one of {METHOD_SIGNALS}, shape ({t_len},)")
+        out[name] = np.asarray(values)
     return {k: v.astype(np.float64) for k, v in out.items()}
 
 

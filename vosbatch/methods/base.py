@@ -24,3 +24,5 @@ class MethodOutput:
     soft: np.ndarray  # (T,h,w) float32 in [0,1], final soft masks
     stages: Dict[str, np.ndarray] = field(default_factory=dict)  # intermediate soft masks, e.g. "init"
     info: Dict[str, float] = field(default_factory=dict)  # diagnostics (iterations, losses...)
+    # per-frame quality signals only the method can compute, (T,) each, e.g. globalopt's spectral cut
+    signals: Dict[str, np.ndarray] = field(default_factory=dict)

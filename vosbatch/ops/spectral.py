@@ -14,6 +14,10 @@ The second eigenvector of W is D^-1/2 u₂ where u₂ is the second eigenvector 
 S = D^-1/2 A D^-1/2, whose leading eigenvector is known in closed form (u₁ ∝ D^1/2 1). We power-
 iterate the shifted (S + I)/2 (spectrum in [0, 1], so the largest eigenvalue wins) while projecting
 out u₁, stopping when the direction stops changing or at a cap.
+
+The second eigenvalue λ₂ of S also says how cleanly the frame splits: 1 − λ₂ is the relaxed normalised
+cut (Shi & Malik, PAMI 2000, Sec. 2), near 0 when two groups of nodes barely connect, near 1 when no
+split separates anything; the quality estimate reads it (vosbatch.quality).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ class PICResult:
     vectors: torch.Tensor  # (B, N) second eigenvectors of D^-1 A, unit norm
     iterations: torch.Tensor  # (B,) iterations used
     converged: torch.Tensor  # (B,) bool
+    eigenvalues: torch.Tensor  # (B,) λ₂ of S (= of D⁻¹A): the Rayleigh quotient of the returned vector
 
 
 def _unit(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -100,8 +105,9 @@ def second_eigenvector(
         done |= change < tol
         if bool(done.all()):
             break
+    lam = (u * torch.bmm(a, (u / dh)[:, :, None])[:, :, 0] / dh).sum(-1)
     v = _unit(u / dh)
-    return PICResult(v, iters, done)
+    return PICResult(v, iters, done, lam)
 
 
 def _gap_thresholds(v: torch.Tensor, candidates: int) -> torch.Tensor:

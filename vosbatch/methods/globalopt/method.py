@@ -75,8 +75,9 @@ def _node_motion(inp: MethodInput, cfg: GlobalOptConfig, hw: Tuple[int, int]):
     return raw_n, ones, raw_p, ones, saliency
 
 
-def initial_masks(inp: MethodInput, cfg: GlobalOptConfig) -> Tuple[np.ndarray, dict]:
-    """Per-frame soft masks (T,h,w) on the spectral grid, Sec. 3.1."""
+def initial_masks(inp: MethodInput, cfg: GlobalOptConfig) -> Tuple[np.ndarray, dict, np.ndarray]:
+    """Per-frame soft masks (T,h,w) on the spectral grid, Sec. 3.1, diagnostics, and each frame's relaxed
+    normalised cut 1 − λ₂ (T,): how cleanly its affinity splits in two (:mod:`vosbatch.ops.spectral`)."""
     sc = cfg.spectral
     t_len = inp.frames.shape[0]
     h, w = feature_grid(inp.frames.shape[1:3], cfg)
@@ -95,7 +96,7 @@ def initial_masks(inp: MethodInput, cfg: GlobalOptConfig) -> Tuple[np.ndarray, d
     border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
     border = border.flatten()
     soft = torch.empty((t_len, n), dtype=torch.float32, device=dev)
-    iters = []
+    iters, cuts = [], []
     for s0 in range(0, t_len, sc.pic_batch):
         sl = slice(s0, min(t_len, s0 + sc.pic_batch))
         a = affinity(psi[sl], phi_n[sl], phi_p[sl], rel_n[sl], rel_p[sl],
@@ -105,10 +106,11 @@ def initial_masks(inp: MethodInput, cfg: GlobalOptConfig) -> Tuple[np.ndarray, d
         res = second_eigenvector(a, start=start, tol=sc.pic_tol, max_iter=sc.pic_max_iter, seed=cfg.seed)
         soft[sl] = bipartition_soft(res.vectors, sal, border, sc.sharpness)
         iters.append(res.iterations)
+        cuts.append(1.0 - res.eigenvalues)
         report("method", sl.stop / t_len)
     iters = torch.cat(iters).cpu().numpy()
-    return soft.reshape(t_len, h, w).cpu().numpy(), {"pic_iterations_mean": float(np.mean(iters)),
-                                                      "pic_iterations_max": float(np.max(iters))}
+    info = {"pic_iterations_mean": float(np.mean(iters)), "pic_iterations_max": float(np.max(iters))}
+    return soft.reshape(t_len, h, w).cpu().numpy(), info, torch.cat(cuts).double().cpu().numpy()
 
 
 def _ce(target: torch.Tensor, prob: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -202,12 +204,13 @@ def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     oc = cfg.optimisation
     t0 = time.perf_counter()
     with span(0.0, 0.4):
-        init, info = initial_masks(inp, cfg)
+        init, info, cut = initial_masks(inp, cfg)
     info["seconds_init"] = time.perf_counter() - t0
+    signals = {"spectral_cut": cut}
     hw = (max(2, H // oc.stride), max(2, W // oc.stride))
     init_o = bilinear_resize(init, hw).numpy()
     if not oc.enabled:
-        return MethodOutput(init_o, {"init": init_o}, info)
+        return MethodOutput(init_o, {"init": init_o}, info, signals)
     t0 = time.perf_counter()
     # a warp through badly matched flow drags masks to the wrong place (the affinity keeps every vector)
     reliability = photometric_reliability(inp.frames, inp.flow)
@@ -221,5 +224,5 @@ def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     oinfo.pop("logits")
     info.update(oinfo)
     info["seconds_optimise"] = time.perf_counter() - t0
-    return MethodOutput(soft, {"init": init_o}, info)
+    return MethodOutput(soft, {"init": init_o}, info, signals)
 
