@@ -11,12 +11,18 @@ and reports, leave-one-sequence-out (every sequence predicted by a model fitted 
 * the same for a baseline: the method's stage agreement alone;
 * what keeping the sequences with quality >= 0.6 keeps, against the unfiltered mean J.
 
+With ``--pool RUN`` (another method's run on the same videos) that run's frames join the fit, on the signals
+both runs have, and leaving a video out leaves it out of both: the signals mean the same whichever method made
+the mask, and a run with few failures of its own (IKE's on DAVIS val has one) learns from the other's.
 With ``--write`` it saves the model fitted on every sequence (what the package ships). With ``--other RUN``
 (the other method's run on the same sequences) it also reports the J of choosing, per sequence, the output
-with the higher estimate, against each method alone and the oracle.
+with the higher estimate, against each method alone and the oracle; ``--other-pool`` estimates the other run
+with this run's frames pooled, as its own model is fitted.
 
     python jobs/fit_quality.py --run runs/benchmarks/GO --data-root ../shared/data/DAVIS2016 \\
-        --write vosbatch/quality_models/globalopt.json [--other runs/benchmarks/IKE]
+        --write vosbatch/quality_models/globalopt.json [--other runs/benchmarks/IKE --other-pool]
+    python jobs/fit_quality.py --run runs/benchmarks/IKE --data-root ../shared/data/DAVIS2016 \\
+        --pool runs/benchmarks/GO --write vosbatch/quality_models/ike.json [--other runs/benchmarks/GO]
 """
 from __future__ import annotations
 
@@ -87,9 +93,10 @@ def load(run: str, data_root: str) -> Tuple[List[Dict], List[Dict]]:
     return sequences, frames
 
 
-def model_inputs(frames: List[Dict]) -> Tuple[str, ...]:
-    """FRAME_INPUTS that the run's method computes (a method-specific signal exists only for its method)."""
-    return tuple(n for n in FRAME_INPUTS if n in frames[0])
+def model_inputs(frames: List[Dict], pool: Sequence[Dict] = ()) -> Tuple[str, ...]:
+    """FRAME_INPUTS that the run's method computes (a method-specific signal exists only for its method), and
+    that the pooled run has too."""
+    return tuple(n for n in FRAME_INPUTS if n in frames[0] and (not pool or n in pool[0]))
 
 
 def _fit_frames(frames: List[Dict], inputs: Sequence[str]) -> LogisticModel:
@@ -97,13 +104,14 @@ def _fit_frames(frames: List[Dict], inputs: Sequence[str]) -> LogisticModel:
     return fit(_matrix(scored, inputs), np.array([f["j"] for f in scored]), inputs)
 
 
-def loso(sequences: List[Dict], frames: List[Dict], inputs: Sequence[str]) -> Dict:
+def loso(sequences: List[Dict], frames: List[Dict], inputs: Sequence[str], pool: Sequence[Dict] = ()) -> Dict:
     """Leave-one-sequence-out predictions (a sequence's: the mean of all its frames', as a run computes it)
-    and their scores."""
+    and their scores; ``pool``: another run's frames that join each fit, without the held-out video's."""
     names = [s["sequence"] for s in sequences]
     seq_pred, frame_pred, frame_true = {}, [], []
     for held in names:
-        model = QualityModel("", _fit_frames([f for f in frames if f["sequence"] != held], inputs))
+        train = [f for f in (*frames, *pool) if f["sequence"] != held]
+        model = QualityModel("", _fit_frames(train, inputs))
         test = [f for f in frames if f["sequence"] == held]
         pred = model.frames({n: _matrix(test, [n])[:, 0] for n in inputs})
         seq_pred[held] = model.sequence(pred)
@@ -124,7 +132,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--run", required=True, help="a finished DAVIS run of the method (local or s3://)")
     ap.add_argument("--data-root", required=True, help="its DAVIS root (ground truth)")
     ap.add_argument("--write", type=Path, help="save the models fitted on every sequence here (JSON)")
+    ap.add_argument("--pool", help="another method's run on the same videos whose frames join the fit")
     ap.add_argument("--other", help="the other method's run on the same sequences: the choice experiment")
+    ap.add_argument("--other-pool", action="store_true", help="estimate --other with this run's frames pooled")
     args = ap.parse_args(argv)
     method = RunStore(args.run).read_run_info()["config"]["method"]
     sequences, frames = load(args.run, args.data_root)
@@ -135,9 +145,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         seq_mean = [np.mean([f[name] for f in frames if f["sequence"] == s["sequence"]]) for s in sequences]
         print(f"  signal {name:16s} Spearman rho with J: sequences {spearmanr(seq_mean, seq_j)[0]:+.3f}, "
               f"frames {spearmanr([f[name] for f in scored], [f['j'] for f in scored])[0]:+.3f}")
-    inputs = model_inputs(frames)
-    report = {"method": method, "run": args.run, "inputs": list(inputs), "model": loso(sequences, frames, inputs),
-              "baseline_stage_agreement": loso(sequences, frames, BASELINE_INPUTS)}
+    pool = load(args.pool, args.data_root)[1] if args.pool else []
+    inputs = model_inputs(frames, pool)
+    report = {"method": method, "run": args.run, "pool": args.pool, "inputs": list(inputs),
+              "model": loso(sequences, frames, inputs, pool),
+              "baseline_stage_agreement": loso(sequences, frames, BASELINE_INPUTS, pool)}
     for label in ("model", "baseline_stage_agreement"):
         r = report[label]
         print(f"{label:26s} sequence rho {r['sequence_rho']:.3f}  MAE {r['sequence_mae']:.3f}  frame rho "
@@ -146,7 +158,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"against {r['mean_j_all']:.4f}")
     if args.other:
         other_s, other_f = load(args.other, args.data_root)
-        other = loso(other_s, other_f, model_inputs(other_f))["predictions"]
+        other_pool = frames if args.other_pool else []
+        other = loso(other_s, other_f, model_inputs(other_f, other_pool), other_pool)["predictions"]
         mine = report["model"]["predictions"]
         j_mine = {s["sequence"]: s["j"] for s in sequences}
         j_other = {s["sequence"]: s["j"] for s in other_s}
@@ -158,10 +171,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                             "oracle": float(np.mean([max(j_mine[n], j_other[n]) for n in common]))}
         print("choice by estimate:", json.dumps(report["choice"]))
     if args.write:
-        info = RunStore(args.run).read_run_info()
-        model = QualityModel(method, _fit_frames(frames, inputs),
-                             f"DAVIS 2016 val, {len(sequences)} sequences, run {info.get('run_id')} at "
-                             f"{str((info.get('code') or {}).get('git_commit'))[:7]}")
+        def described(run: str) -> str:
+            info = RunStore(run).read_run_info()
+            preset = info["config"].get("preset")
+            commit = str((info.get("code") or {}).get("git_commit"))[:7]
+            return f"{f'the {preset} preset' if preset else 'run ' + str(info.get('run_id'))} at {commit}"
+
+        source = f"the whole-val run of {described(args.run)}"
+        if args.pool:
+            source += f", pooled with that of {described(args.pool)}"
+        model = QualityModel(method, _fit_frames([*frames, *pool], inputs),
+                             f"DAVIS 2016 val, {len(sequences)} sequences, {source}")
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(model.to_json() + "\n")
         print(f"wrote {args.write}")

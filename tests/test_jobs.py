@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -236,3 +237,33 @@ def test_davis_benchmark_runs_submit_and_reports_every_stage(tmp_path):
     assert f"J {summary['J']:.4f}" in res.stdout
     again = run_job("benchmark_davis.py", "--summarise", tmp_path / "b" / "r")
     assert again.returncode == 0 and f"J {summary['J']:.4f}" in again.stdout
+
+
+def _frames(seed, names, with_cut):
+    """Frames of a synthetic run: J follows refine_iou and border; globalopt-like runs also carry spectral_cut."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in names:
+        level = rng.uniform(0.3, 1.0)
+        for _ in range(12):
+            x = {"stage_iou": rng.uniform(0.5, 1), "temporal_iou": rng.uniform(0.5, 1),
+                 "refine_iou": np.clip(level + 0.05 * rng.standard_normal(), 0, 1), "border": rng.uniform(0, 0.1)}
+            if with_cut:
+                x["spectral_cut"] = rng.uniform(0.3, 0.8)
+            out.append({"sequence": name, "j": float(np.clip(x["refine_iou"] - 2 * x["border"], 0, 1)), **x})
+    return out
+
+
+def test_quality_fit_pools_another_run_on_shared_signals_and_leaves_each_video_out_of_both():
+    fit = load_job("fit_quality")
+    names = [f"v{i}" for i in range(6)]
+    own, pool = _frames(0, names, with_cut=False), _frames(1, names, with_cut=True)
+    sequences = [{"sequence": n, "j": float(np.mean([f["j"] for f in own if f["sequence"] == n]))} for n in names]
+    inputs = fit.model_inputs(own, pool)
+    assert "spectral_cut" not in inputs and fit.model_inputs(pool) == fit.FRAME_INPUTS
+    pooled = fit.loso(sequences, own, inputs, pool)
+    # the held-out video's frames in the pooled run are never seen: poisoning them changes nothing for it
+    poisoned = [dict(f, j=1.0 - f["j"]) if f["sequence"] == "v0" else f for f in pool]
+    assert fit.loso(sequences, own, inputs, poisoned)["predictions"]["v0"] == pooled["predictions"]["v0"]
+    assert fit.loso(sequences, own, inputs, poisoned)["predictions"]["v1"] != pooled["predictions"]["v1"]
+    assert pooled["sequence_rho"] > 0.8 and pooled["sequence_mae"] < 0.1

@@ -75,7 +75,8 @@ def test_each_method_ships_a_model_that_rewards_agreement_and_penalises_border_c
     assert model is not None and model.method == method and "DAVIS 2016 val" in model.fitted_on
     base = {n: np.array([0.8]) for n in model.frame.weights}
     base["border"] = np.array([0.0])
-    for name, step in (("stage_iou", 0.15), ("temporal_iou", 0.15), ("refine_iou", 0.15), ("border", -0.15)):
+    for name, step in (("stage_iou", 0.15), ("temporal_iou", 0.15), ("refine_iou", 0.15), ("border", -0.15),
+                       ("spectral_cut", -0.15)):
         if name in base:
             moved = dict(base, **{name: base[name] + step})
             assert model.frames(moved)[0] >= model.frames(base)[0], name
