@@ -127,6 +127,14 @@ def loso(sequences: List[Dict], frames: List[Dict], inputs: Sequence[str], pool:
             "predictions": dict(zip(names, pred.round(4).tolist()))}
 
 
+def describe_run(run: str) -> str:
+    """'the <preset> preset at <commit>' (or the run's id without a preset): what a shipped model was fitted on."""
+    info = RunStore(run).read_run_info()
+    preset = info["config"].get("preset")
+    commit = str((info.get("code") or {}).get("git_commit"))[:7]
+    return f"{f'the {preset} preset' if preset else 'run ' + str(info.get('run_id'))} at {commit}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a finished DAVIS run of the method (local or s3://)")
@@ -171,15 +179,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                             "oracle": float(np.mean([max(j_mine[n], j_other[n]) for n in common]))}
         print("choice by estimate:", json.dumps(report["choice"]))
     if args.write:
-        def described(run: str) -> str:
-            info = RunStore(run).read_run_info()
-            preset = info["config"].get("preset")
-            commit = str((info.get("code") or {}).get("git_commit"))[:7]
-            return f"{f'the {preset} preset' if preset else 'run ' + str(info.get('run_id'))} at {commit}"
-
-        source = f"the whole-val run of {described(args.run)}"
+        source = f"the whole-val run of {describe_run(args.run)}"
         if args.pool:
-            source += f", pooled with that of {described(args.pool)}"
+            source += f", pooled with that of {describe_run(args.pool)}"
         model = QualityModel(method, _fit_frames([*frames, *pool], inputs),
                              f"DAVIS 2016 val, {len(sequences)} sequences, {source}")
         args.write.parent.mkdir(parents=True, exist_ok=True)

@@ -197,7 +197,6 @@ def _optimise_on(init: np.ndarray, inp: MethodInput, reliability, hw: Tuple[int,
                     cfg.lam, cfg.lbfgs_max_iter, cfg.warp_weight, start, inp.device)
 
 
-
 def globalopt(inp: MethodInput, cfg: GlobalOptConfig) -> MethodOutput:
     """Spectral initialisation + Eq. (1) global optimisation; soft masks on the optimisation grid."""
     H, W = inp.frames.shape[1:3]
