@@ -13,7 +13,7 @@ and reports, leave-one-sequence-out (every sequence predicted by a model fitted 
 
 With ``--pool RUN`` (another method's run on the same videos) that run's frames join the fit, on the signals
 both runs have, and leaving a video out leaves it out of both: the signals mean the same whichever method made
-the mask, and a run with few failures of its own (IKE's on DAVIS val has one) learns from the other's.
+the mask, and a run with few failures of its own learns from the other's.
 With ``--write`` it saves the model fitted on every sequence (what the package ships). With ``--other RUN``
 (the other method's run on the same sequences) it also reports the J of choosing, per sequence, the output
 with the higher estimate, against each method alone and the oracle; ``--other-pool`` estimates the other run
